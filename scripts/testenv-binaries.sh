@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Builds or installs the binaries the test control plane needs, cached outside the repo and keyed
+# by version, so a warm machine pays nothing and a version bump rebuilds only what changed.
+#   kube-apiserver and etcd: built from their Go modules through tests/env/tools/*
+#   docker-registry: Debian's package
+#   otelcol: none needed (the OTLP collector used in tests is the project's own Rust receiver)
+# Prints the cache directory on stdout's last line. Idempotent; safe to run concurrently is NOT
+# promised, run it once before the tests (.ci/run and the README commands do).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cache="${KIMUP_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kimup-testenv}"
+mkdir -p "$cache"
+
+modver() { awk -v m="$2" '$1=="require" && $2==m {print $3} $1==m && NF==2 {print $2}' "$1/go.mod" | head -n1; }
+
+kube_dir="$root/tests/env/tools/kube-apiserver"
+etcd_dir="$root/tests/env/tools/etcd"
+KUBE_VERSION="$(modver "$kube_dir" k8s.io/kubernetes)"
+ETCD_VERSION="$(modver "$etcd_dir" go.etcd.io/etcd/server/v3)"
+[ -n "$KUBE_VERSION" ] && [ -n "$ETCD_VERSION" ] || { echo "cannot read pinned versions from tests/env/tools/*/go.mod" >&2; exit 1; }
+
+log() { echo "[testenv-binaries] $*" >&2; }
+
+build_go() { # name version module_dir package ldflags
+  local name="$1" version="$2" dir="$3" pkg="$4" ldflags="$5"
+  local out="$cache/$name-$version/$name"
+  if [ -x "$out" ]; then log "$name $version cached at $out"; return; fi
+  command -v go >/dev/null || { echo "go is required to build $name $version (install Go >= 1.26)" >&2; exit 1; }
+  log "building $name $version (first run only, several minutes)"
+  local start=$SECONDS tmp="$cache/$name-$version.tmp.$$"
+  mkdir -p "$cache/$name-$version"
+  (cd "$dir" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "$ldflags" -o "$tmp" "$pkg")
+  mv "$tmp" "$out"
+  log "built $name $version in $((SECONDS - start)) s"
+}
+
+kminor="$(echo "$KUBE_VERSION" | cut -d. -f2)"
+kv="k8s.io/component-base/version"
+cv="k8s.io/client-go/pkg/version"
+kflags="-s -w"
+for p in "$kv" "$cv"; do
+  kflags="$kflags -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$kminor -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
+done
+build_go kube-apiserver "$KUBE_VERSION" "$kube_dir" k8s.io/kubernetes/cmd/kube-apiserver "$kflags" &
+kpid=$!
+build_go etcd "$ETCD_VERSION" "$etcd_dir" go.etcd.io/etcd/server/v3 "-s -w" &
+epid=$!
+fail=0
+wait "$kpid" || fail=1
+wait "$epid" || fail=1
+[ "$fail" = 0 ] || { echo "building the test control plane binaries failed (see above)" >&2; exit 1; }
+
+if ! command -v docker-registry >/dev/null && [ ! -x /usr/bin/docker-registry ]; then
+  log "installing Debian's docker-registry"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq >&2 || true
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq docker-registry >&2
+  # The package starts a system service on :5000; the tests run their own instances.
+  $SUDO systemctl disable --now docker-registry >/dev/null 2>&1 || $SUDO service docker-registry stop >/dev/null 2>&1 || true
+fi
+
+ln -sfn "$cache/kube-apiserver-$KUBE_VERSION/kube-apiserver" "$cache/kube-apiserver"
+ln -sfn "$cache/etcd-$ETCD_VERSION/etcd" "$cache/etcd"
+echo "$cache"

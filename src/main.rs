@@ -1,0 +1,3 @@
+fn main() {
+    println!("kimup {}", env!("CARGO_PKG_VERSION"));
+}

@@ -1,0 +1,96 @@
+//! Locating the control-plane binaries, building them through the project's script when missing.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use anyhow::{Context, Result, bail};
+
+/// Paths of the binaries the environment runs.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    /// kube-apiserver built from the pinned k8s.io/kubernetes module.
+    pub kube_apiserver: PathBuf,
+    /// etcd built from the pinned go.etcd.io/etcd/server/v3 module.
+    pub etcd: PathBuf,
+    /// Debian's docker-registry (distribution).
+    pub registry: PathBuf,
+}
+
+/// The repository root (two levels above this crate).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+}
+
+/// Where built binaries are cached, keyed by version below it.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("KIMUP_TESTENV_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    base.join("kimup-testenv")
+}
+
+impl Binaries {
+    /// Finds the binaries; if any is missing, runs `scripts/testenv-binaries.sh` once to build or
+    /// install it, and fails with the script's message if that does not produce them.
+    pub fn get() -> Result<&'static Binaries> {
+        static BINS: OnceLock<std::result::Result<Binaries, String>> = OnceLock::new();
+        BINS.get_or_init(|| Self::locate_or_build().map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    fn locate() -> Option<Binaries> {
+        let cache = cache_dir();
+        let bins = Binaries {
+            kube_apiserver: cache.join("kube-apiserver"),
+            etcd: cache.join("etcd"),
+            registry: which("docker-registry")?,
+        };
+        (bins.kube_apiserver.exists() && bins.etcd.exists()).then_some(bins)
+    }
+
+    fn locate_or_build() -> Result<Binaries> {
+        if let Some(bins) = Self::locate() {
+            return Ok(bins);
+        }
+        let script = repo_root().join("scripts/testenv-binaries.sh");
+        eprintln!(
+            "kimup-testenv: control-plane binaries missing, running {}",
+            script.display()
+        );
+        let status = Command::new("bash")
+            .arg(&script)
+            .status()
+            .with_context(|| format!("running {}", script.display()))?;
+        if !status.success() {
+            bail!(
+                "{} failed ({status}); the test control plane needs kube-apiserver and etcd \
+                 (built with Go from the module proxy) and Debian's docker-registry",
+                script.display()
+            );
+        }
+        Self::locate().with_context(|| {
+            format!(
+                "{} succeeded but kube-apiserver/etcd are not in {} or docker-registry is not on PATH",
+                script.display(),
+                cache_dir().display()
+            )
+        })
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}

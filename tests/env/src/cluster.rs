@@ -1,0 +1,275 @@
+//! Clusters: etcd and kube-apiserver processes on loopback, each API server a separate cluster.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+use crate::binaries::Binaries;
+use crate::certs::{Ca, signing_key};
+use crate::process::{Process, free_port, wait_until};
+
+/// One etcd serving every API server of an environment, each under its own key prefix.
+pub struct Etcd {
+    process: Process,
+    /// Client URL, `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl Etcd {
+    /// Starts etcd with its data in `dir` and waits until it answers /health.
+    pub async fn start(bins: &Binaries, dir: &Path, log_dir: &Path) -> Result<Self> {
+        let client = free_port()?;
+        let peer = free_port()?;
+        let url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let args = vec![
+            "--name=default".to_string(),
+            format!("--data-dir={}", dir.join("etcd").display()),
+            format!("--listen-client-urls={url}"),
+            format!("--advertise-client-urls={url}"),
+            format!("--listen-peer-urls={peer_url}"),
+            format!("--initial-advertise-peer-urls={peer_url}"),
+            format!("--initial-cluster=default={peer_url}"),
+            // Test data is thrown away, so skip the fsyncs that dominate etcd latency on CI disks.
+            "--unsafe-no-fsync=true".to_string(),
+            "--log-level=warn".to_string(),
+        ];
+        let mut process = Process::spawn("etcd", &bins.etcd, &args, log_dir)?;
+        let http = reqwest::Client::new();
+        let health = format!("{url}/health");
+        wait_until("etcd /health", Duration::from_secs(30), || {
+            let http = http.clone();
+            let health = health.clone();
+            let running = process.check_running();
+            async move {
+                running?;
+                let resp = http.get(&health).send().await?;
+                Ok(resp.status().is_success())
+            }
+        })
+        .await?;
+        Ok(Self { process, url })
+    }
+
+    /// The etcd process (for its pid and log).
+    pub fn process(&self) -> &Process {
+        &self.process
+    }
+}
+
+/// One kube-apiserver: a cluster, with its own CAs and an admin kubeconfig.
+pub struct Cluster {
+    /// Name used for the kubeconfig file and logs, e.g. `cluster-0`.
+    pub name: String,
+    /// API server URL, `https://127.0.0.1:PORT`.
+    pub url: String,
+    /// Kubeconfig file with inline certificates for the `system:masters` admin user.
+    pub kubeconfig_path: PathBuf,
+    /// Kubeconfig content.
+    pub kubeconfig_yaml: String,
+    process: Process,
+    args: Vec<String>,
+    program: PathBuf,
+    log_dir: PathBuf,
+}
+
+impl Cluster {
+    /// Starts an API server on `etcd` under prefix `/<name>` and waits until /readyz is ok.
+    pub async fn start(
+        name: &str,
+        bins: &Binaries,
+        etcd: &Etcd,
+        dir: &Path,
+        log_dir: &Path,
+    ) -> Result<Self> {
+        let dir = dir.join(name);
+        let cert_dir = dir.join("pki");
+        std::fs::create_dir_all(&cert_dir)?;
+        let port = free_port()?;
+        let url = format!("https://127.0.0.1:{port}");
+
+        let serving_ca = Ca::new(&format!("{name}-serving-ca"))?;
+        let client_ca = Ca::new(&format!("{name}-client-ca"))?;
+        let serving = serving_ca.serving("kube-apiserver")?;
+        let admin = client_ca.client("admin", "system:masters")?;
+        let (sa_key, sa_pub) = signing_key()?;
+        let write = |file: &str, data: &str| -> Result<PathBuf> {
+            let p = cert_dir.join(file);
+            std::fs::write(&p, data)?;
+            Ok(p)
+        };
+        let tls_cert = write("apiserver.crt", &serving.cert)?;
+        let tls_key = write("apiserver.key", &serving.key)?;
+        let client_ca_file = write("client-ca.crt", &client_ca.pem().cert)?;
+        let sa_key_file = write("sa-signer.key", &sa_key)?;
+        let sa_pub_file = write("sa-signer.pub", &sa_pub)?;
+
+        let args = vec![
+            "--allow-privileged=true".to_string(),
+            "--authorization-mode=RBAC".to_string(),
+            "--bind-address=127.0.0.1".to_string(),
+            "--advertise-address=127.0.0.1".to_string(),
+            format!("--secure-port={port}"),
+            format!("--cert-dir={}", cert_dir.display()),
+            format!("--tls-cert-file={}", tls_cert.display()),
+            format!("--tls-private-key-file={}", tls_key.display()),
+            format!("--client-ca-file={}", client_ca_file.display()),
+            "--disable-admission-plugins=ServiceAccount".to_string(),
+            format!("--etcd-servers={}", etcd.url),
+            format!("--etcd-prefix=/{name}"),
+            format!("--service-account-issuer={url}/"),
+            format!("--service-account-key-file={}", sa_pub_file.display()),
+            format!("--service-account-signing-key-file={}", sa_key_file.display()),
+            "--service-cluster-ip-range=10.0.0.0/24".to_string(),
+            // Several API servers share one loopback address; the endpoint reconciler would make
+            // them fight over the `kubernetes` Service endpoints.
+            "--endpoint-reconciler-type=none".to_string(),
+            "--v=1".to_string(),
+        ];
+
+        let kubeconfig_yaml = kubeconfig(
+            name,
+            &url,
+            &serving_ca.pem().cert,
+            &admin.cert,
+            &admin.key,
+        );
+        let kubeconfig_path = dir.join("kubeconfig.yaml");
+        std::fs::write(&kubeconfig_path, &kubeconfig_yaml)?;
+
+        let process = Process::spawn(
+            &format!("kube-apiserver-{name}"),
+            &bins.kube_apiserver,
+            &args,
+            log_dir,
+        )?;
+        let mut cluster = Self {
+            name: name.to_string(),
+            url,
+            kubeconfig_path,
+            kubeconfig_yaml,
+            process,
+            args,
+            program: bins.kube_apiserver.clone(),
+            log_dir: log_dir.to_path_buf(),
+        };
+        cluster.wait_ready().await?;
+        Ok(cluster)
+    }
+
+    /// A new client for this cluster, bound to the calling runtime.
+    pub async fn client(&self) -> Result<Client> {
+        let kc = Kubeconfig::from_yaml(&self.kubeconfig_yaml)?;
+        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+        Ok(Client::try_from(config)?)
+    }
+
+    /// Waits until /readyz answers ok (all post-start hooks, RBAC bootstrap included).
+    pub async fn wait_ready(&mut self) -> Result<()> {
+        let client = self.client().await?;
+        let name = self.name.clone();
+        let log = self.process.log_path().to_path_buf();
+        let process = &mut self.process;
+        wait_until(
+            &format!("kube-apiserver {name} /readyz"),
+            Duration::from_secs(90),
+            || {
+                let client = client.clone();
+                let running = process.check_running();
+                async move {
+                    running?;
+                    let req = http_get("/readyz")?;
+                    Ok(client.request_text(req).await.map(|t| t.trim() == "ok")?)
+                }
+            },
+        )
+        .await
+        .with_context(|| format!("log: {}", log.display()))
+    }
+
+    /// Kills the API server (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts the API server again with the same flags, port and certificates.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.process.kill();
+        self.process = Process::spawn(
+            &format!("kube-apiserver-{}", self.name),
+            &self.program,
+            &self.args,
+            &self.log_dir,
+        )?;
+        self.wait_ready().await
+    }
+
+    /// The API server process.
+    pub fn process(&self) -> &Process {
+        &self.process
+    }
+
+    /// Applies CRDs (server-side) and waits until each is Established.
+    pub async fn install_crds(&self, crds: &[CustomResourceDefinition]) -> Result<()> {
+        let client = self.client().await?;
+        let api: Api<CustomResourceDefinition> = Api::all(client);
+        for crd in crds {
+            let name = crd
+                .metadata
+                .name
+                .clone()
+                .context("CRD without metadata.name")?;
+            api.patch(
+                &name,
+                &PatchParams::apply("kimup-testenv").force(),
+                &Patch::Apply(crd),
+            )
+            .await
+            .with_context(|| format!("applying CRD {name} in {}", self.name))?;
+        }
+        for crd in crds {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            let established = kube::runtime::wait::await_condition(
+                api.clone(),
+                &name,
+                kube::runtime::wait::conditions::is_crd_established(),
+            );
+            match tokio::time::timeout(Duration::from_secs(30), established).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => bail!("waiting for CRD {name} in {}: {e}", self.name),
+                Err(_) => bail!("CRD {name} not established in {} after 30 s", self.name),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn http_get(path: &str) -> Result<http::Request<Vec<u8>>> {
+    Ok(http::Request::get(path).body(Vec::new())?)
+}
+
+/// A kubeconfig with inline data, one cluster, one admin user, one context, all named `name`.
+pub fn kubeconfig(name: &str, url: &str, ca: &str, cert: &str, key: &str) -> String {
+    let doc = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": name, "cluster": {
+            "server": url,
+            "certificate-authority-data": B64.encode(ca),
+        }}],
+        "users": [{"name": name, "user": {
+            "client-certificate-data": B64.encode(cert),
+            "client-key-data": B64.encode(key),
+        }}],
+        "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
+        "current-context": name,
+    });
+    serde_yaml::to_string(&doc).unwrap_or_default()
+}

@@ -1,0 +1,295 @@
+//! kimup's test control plane: real kube-apiservers over etcd and real OCI registries on loopback.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let env = kimup_testenv::TestEnv::builder().clusters(3).registries().kimup_crds().start().await?;
+//! let client = env.clusters[0].client().await?;
+//! env.plain_registry().push_tags("team/app", &["1.0.0", "1.1.0"]).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod binaries;
+pub mod certs;
+pub mod cluster;
+pub mod process;
+pub mod registry;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ObjectMeta, PostParams};
+
+pub use binaries::Binaries;
+pub use cluster::{Cluster, Etcd};
+pub use registry::{BasicAuth, Registry};
+
+/// Installs ring as the process-wide rustls provider (idempotent). kube, reqwest and oci-client
+/// are all built without a provider of their own choosing, so one must be installed before TLS.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// What to start.
+#[derive(Clone, Debug, Default)]
+pub struct Builder {
+    clusters: usize,
+    registries: bool,
+    crds: Vec<CustomResourceDefinition>,
+    name: Option<String>,
+    keep_data: bool,
+}
+
+impl Builder {
+    /// Number of API servers (clusters).
+    pub fn clusters(mut self, n: usize) -> Self {
+        self.clusters = n;
+        self
+    }
+
+    /// Start a plain-HTTP registry and a TLS registry with basic auth.
+    pub fn registries(mut self) -> Self {
+        self.registries = true;
+        self
+    }
+
+    /// Install the CRDs generated into the repository's `crds/` folder in every cluster.
+    pub fn kimup_crds(mut self) -> Self {
+        match load_crds(&binaries::repo_root().join("crds")) {
+            Ok(mut crds) => self.crds.append(&mut crds),
+            Err(e) => panic!("loading crds/: {e:#}"),
+        }
+        self
+    }
+
+    /// Install these CRDs in every cluster.
+    pub fn crds(mut self, crds: Vec<CustomResourceDefinition>) -> Self {
+        self.crds.extend(crds);
+        self
+    }
+
+    /// Name of the run (log folder prefix).
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_string());
+        self
+    }
+
+    /// Keep data and logs after a successful drop (the local demo uses this).
+    pub fn keep_data(mut self) -> Self {
+        self.keep_data = true;
+        self
+    }
+
+    /// Starts everything and waits until it is ready.
+    pub async fn start(self) -> Result<TestEnv> {
+        TestEnv::start(self).await
+    }
+}
+
+/// A running environment. Processes stop when it is dropped, or when the test binary exits.
+pub struct TestEnv {
+    /// The clusters, named `cluster-0`, `cluster-1`, ...
+    pub clusters: Vec<Cluster>,
+    /// Plain HTTP registry, then TLS registry, when requested.
+    pub registries: Vec<Registry>,
+    /// Shared etcd.
+    pub etcd: Option<Etcd>,
+    /// Folder with `logs/` and `data/` of this run, under `target/testenv/`.
+    pub run_dir: PathBuf,
+    keep_data: bool,
+}
+
+static RUN_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+impl TestEnv {
+    /// A builder with nothing selected.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    async fn start(b: Builder) -> Result<Self> {
+        install_crypto_provider();
+        let bins = Binaries::get()?;
+        let exe = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "kimup".into());
+        let run_name = format!(
+            "{}-{}-{}",
+            b.name.clone().unwrap_or(exe),
+            std::process::id(),
+            RUN_COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let run_dir = target_dir().join("testenv").join(run_name);
+        let _ = std::fs::remove_dir_all(&run_dir);
+        let data = run_dir.join("data");
+        let logs = run_dir.join("logs");
+        std::fs::create_dir_all(&data)?;
+        std::fs::create_dir_all(&logs)?;
+
+        let mut env = TestEnv {
+            clusters: Vec::new(),
+            registries: Vec::new(),
+            etcd: None,
+            run_dir: run_dir.clone(),
+            keep_data: b.keep_data,
+        };
+        let ctx = || format!("test environment logs: {}", logs.display());
+        if b.clusters > 0 {
+            let etcd = Etcd::start(bins, &data, &logs).await.with_context(ctx)?;
+            // Start the API servers concurrently: each takes several seconds of post-start hooks.
+            let starts = (0..b.clusters).map(|i| {
+                let name = format!("cluster-{i}");
+                let (etcd, data, logs) = (&etcd, &data, &logs);
+                async move { Cluster::start(&name, bins, etcd, data, logs).await }
+            });
+            for c in futures::future::join_all(starts).await {
+                env.clusters.push(c.with_context(ctx)?);
+            }
+            env.etcd = Some(etcd);
+            for c in &env.clusters {
+                c.install_crds(&b.crds).await.with_context(ctx)?;
+            }
+        }
+        if b.registries {
+            env.registries
+                .push(Registry::start_plain(bins, &data, &logs).await.with_context(ctx)?);
+            let auth = BasicAuth {
+                username: "kimup".into(),
+                password: "s3cret-pass".into(),
+            };
+            env.registries.push(
+                Registry::start_tls(bins, &data, &logs, auth)
+                    .await
+                    .with_context(ctx)?,
+            );
+        }
+        Ok(env)
+    }
+
+    /// The plain-HTTP registry.
+    pub fn plain_registry(&self) -> &Registry {
+        &self.registries[0]
+    }
+
+    /// The TLS registry with basic auth.
+    pub fn tls_registry(&self) -> &Registry {
+        &self.registries[1]
+    }
+
+    /// Folder holding every process's log.
+    pub fn log_dir(&self) -> PathBuf {
+        self.run_dir.join("logs")
+    }
+
+    /// Creates a namespace `<prefix>-<n>` in cluster `i`, unique within this test binary, so tests
+    /// sharing an environment stay isolated.
+    pub async fn namespace(&self, i: usize, prefix: &str) -> Result<String> {
+        static NS_COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "{prefix}-{}-{}",
+            std::process::id() % 100_000,
+            NS_COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let api: Api<Namespace> = Api::all(self.clusters[i].client().await?);
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        api.create(&PostParams::default(), &ns).await?;
+        Ok(name)
+    }
+
+    /// Writes every cluster's kubeconfig into `dir` as `<cluster name>.yaml`.
+    pub fn write_kubeconfigs(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir)?;
+        let mut out = Vec::new();
+        for c in &self.clusters {
+            let p = dir.join(format!("{}.yaml", c.name));
+            std::fs::write(&p, &c.kubeconfig_yaml)?;
+            out.push(p);
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if std::thread::panicking() || self.keep_data {
+            eprintln!(
+                "kimup-testenv: logs kept in {}",
+                self.run_dir.join("logs").display()
+            );
+            return;
+        }
+        // Stop processes before removing their data directories.
+        self.registries.clear();
+        self.clusters.clear();
+        self.etcd = None;
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+    }
+}
+
+/// One environment for all the tests of a test binary, started on first use. It lives until the
+/// binary exits, so its processes are reaped by PR_SET_PDEATHSIG, and its logs are kept under
+/// `target/testenv/` for whoever needs to read why a test failed.
+pub fn shared(init: fn() -> Builder) -> Result<&'static TestEnv> {
+    static ENV: OnceLock<std::result::Result<TestEnv, String>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        // A runtime of its own: tests each run their own runtime, which die with the test; the
+        // shared environment must outlive any single test.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            let mut env = rt.block_on(init().start()).map_err(|e| format!("{e:#}"))?;
+            env.keep_data = true;
+            Ok(env)
+        })
+        .join()
+        .unwrap_or_else(|_| Err("test environment start-up panicked".into()))
+    })
+    .as_ref()
+    .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// The cargo target directory (CARGO_TARGET_DIR or `<repo>/target`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| binaries::repo_root().join("target"))
+}
+
+/// Loads every CustomResourceDefinition from the YAML files (multi-document) in `dir`.
+pub fn load_crds(dir: &Path) -> Result<Vec<CustomResourceDefinition>> {
+    let mut crds = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    for f in files {
+        let text = std::fs::read_to_string(&f)?;
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_yaml::Value::deserialize(doc)?;
+            if value.is_null() {
+                continue;
+            }
+            crds.push(
+                serde_yaml::from_value(value).with_context(|| format!("parsing {}", f.display()))?,
+            );
+        }
+    }
+    Ok(crds)
+}
+
+use serde::Deserialize;

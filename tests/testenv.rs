@@ -1,0 +1,197 @@
+//! The test control plane itself: three real API servers over etcd, two real registries.
+
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kimup_testenv::{TestEnv, shared};
+use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use kube::discovery::ApiResource;
+use oci_client::Reference;
+use oci_client::secrets::RegistryAuth;
+
+fn widget_crd() -> CustomResourceDefinition {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.testenv.kimup.io"},
+        "spec": {
+            "group": "testenv.kimup.io",
+            "names": {"kind": "Widget", "plural": "widgets", "singular": "widget"},
+            "scope": "Namespaced",
+            "versions": [{
+                "name": "v1", "served": true, "storage": true,
+                "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                    "spec": {"type": "object", "properties": {"size": {"type": "integer"}}},
+                    "status": {"type": "object", "properties": {"phase": {"type": "string"}}}
+                }}}
+            }]
+        }
+    }))
+    .expect("valid CRD literal")
+}
+
+fn env() -> &'static TestEnv {
+    shared(|| {
+        TestEnv::builder()
+            .name("testenv")
+            .clusters(3)
+            .registries()
+            .crds(vec![widget_crd()])
+    })
+    .expect("test environment starts")
+}
+
+#[tokio::test]
+async fn three_clusters_serve_custom_resources_with_status() {
+    let env = env();
+    assert_eq!(env.clusters.len(), 3);
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("testenv.kimup.io", "v1", "Widget"),
+        "widgets",
+    );
+    let mut urls = std::collections::HashSet::new();
+    for (i, cluster) in env.clusters.iter().enumerate() {
+        assert!(urls.insert(cluster.url.clone()), "each cluster has its own URL");
+        let client = cluster.client().await.expect("client");
+        let version = client.apiserver_version().await.expect("version");
+        assert_eq!(version.git_version, "v1.36.3", "the pinned release reports itself");
+
+        let ns = env.namespace(i, "widgets").await.expect("namespace");
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
+        let mut obj = DynamicObject::new("w1", &ar);
+        obj.data = serde_json::json!({"spec": {"size": i + 1}});
+        api.create(&PostParams::default(), &obj).await.expect("create");
+
+        let read = api.get("w1").await.expect("read back");
+        assert_eq!(read.data["spec"]["size"], serde_json::json!(i + 1));
+
+        let status = serde_json::json!({
+            "apiVersion": "testenv.kimup.io/v1", "kind": "Widget",
+            "status": {"phase": format!("ready-{}", cluster.name)}
+        });
+        api.patch_status(
+            "w1",
+            &PatchParams::apply("kimup-testenv-test").force(),
+            &Patch::Apply(&status),
+        )
+        .await
+        .expect("patch status");
+        let read = api.get("w1").await.expect("read status");
+        assert_eq!(
+            read.data["status"]["phase"],
+            serde_json::json!(format!("ready-{}", cluster.name))
+        );
+    }
+    // Clusters are separate: the namespace created in cluster 0 is not in cluster 1.
+    let ns0 = env.namespace(0, "only-here").await.expect("namespace");
+    let api1: Api<k8s_openapi::api::core::v1::Namespace> =
+        Api::all(env.clusters[1].client().await.expect("client"));
+    assert!(api1.get_opt(&ns0).await.expect("get").is_none());
+}
+
+#[tokio::test]
+async fn plain_registry_lists_pushed_tags() {
+    let env = env();
+    let reg = env.plain_registry();
+    reg.push_tags("testenv/plain", &["1.0.0", "1.1.0", "2.0.0"])
+        .await
+        .expect("push");
+    let client = reg.oci_client().expect("client");
+    let reference: Reference = format!("{}/testenv/plain", reg.host).parse().expect("ref");
+    let tags = client
+        .list_tags(&reference, &RegistryAuth::Anonymous, None, None)
+        .await
+        .expect("list tags");
+    let mut got = tags.tags.clone();
+    got.sort();
+    assert_eq!(got, vec!["1.0.0", "1.1.0", "2.0.0"]);
+}
+
+#[tokio::test]
+async fn tls_registry_requires_the_right_password() {
+    let env = env();
+    let reg = env.tls_registry();
+    reg.push_tags("testenv/private", &["a", "b", "c"])
+        .await
+        .expect("push");
+    let reference: Reference = format!("{}/testenv/private", reg.host).parse().expect("ref");
+
+    let tags = reg
+        .oci_client()
+        .expect("client")
+        .list_tags(&reference, &reg.registry_auth(), None, None)
+        .await
+        .expect("list with the right password");
+    let mut got = tags.tags.clone();
+    got.sort();
+    assert_eq!(got, vec!["a", "b", "c"]);
+
+    let user = reg.auth.as_ref().expect("auth").username.clone();
+    let err = reg
+        .oci_client()
+        .expect("client")
+        .list_tags(&reference, &RegistryAuth::Basic(user, "wrong".into()), None, None)
+        .await
+        .expect_err("wrong password must fail");
+    let text = format!("{err:?}");
+    assert!(
+        text.contains("401") || text.to_lowercase().contains("unauthorized"),
+        "expected a 401, got {text}"
+    );
+
+    // Without trusting the registry's CA, TLS verification fails.
+    let untrusting = oci_client::Client::try_from(oci_client::client::ClientConfig::default())
+        .expect("client");
+    let err = untrusting
+        .list_tags(&reference, &reg.registry_auth(), None, None)
+        .await
+        .expect_err("self-signed certificate must be rejected");
+    assert!(format!("{err:?}").to_lowercase().contains("certificate"), "{err:?}");
+}
+
+#[tokio::test]
+async fn tags_move_and_delete() {
+    let env = env();
+    let reg = env.plain_registry();
+    reg.push_tags("testenv/mutable", &["latest", "1.0"])
+        .await
+        .expect("push");
+    let before = reg.digest("testenv/mutable", "latest").await.expect("digest");
+    let other = reg.digest("testenv/mutable", "1.0").await.expect("digest");
+    assert_ne!(before, other, "each tag has its own digest");
+    let after = reg.move_tag("testenv/mutable", "latest").await.expect("move");
+    assert_ne!(before, after);
+    assert_eq!(reg.digest("testenv/mutable", "latest").await.expect("digest"), after);
+
+    reg.delete_tag("testenv/mutable", "1.0").await.expect("delete");
+    let reference: Reference = format!("{}/testenv/mutable", reg.host).parse().expect("ref");
+    let tags = reg
+        .oci_client()
+        .expect("client")
+        .list_tags(&reference, &RegistryAuth::Anonymous, None, None)
+        .await
+        .expect("list");
+    assert_eq!(tags.tags, vec!["latest"]);
+    assert!(reg.tag_list_requests().expect("log") >= 1, "access log counts tag listings");
+}
+
+#[tokio::test]
+async fn killed_api_server_restarts_with_same_address() {
+    // Its own environment: killing a server must not disturb the shared one.
+    let mut env = TestEnv::builder()
+        .name("testenv-restart")
+        .clusters(1)
+        .start()
+        .await
+        .expect("env");
+    let url = env.clusters[0].url.clone();
+    env.clusters[0].kill();
+    let client = env.clusters[0].client().await.expect("client");
+    let down = tokio::time::timeout(Duration::from_secs(5), client.apiserver_version()).await;
+    assert!(matches!(down, Ok(Err(_)) | Err(_)), "server is down after kill");
+    env.clusters[0].restart().await.expect("restart");
+    assert_eq!(env.clusters[0].url, url);
+    let client = env.clusters[0].client().await.expect("client");
+    client.apiserver_version().await.expect("back up");
+}
