@@ -3,7 +3,7 @@
 # by version, so a warm machine pays nothing and a version bump rebuilds only what changed.
 #   kube-apiserver and etcd: built from their Go modules through tests/env/tools/*
 #   docker-registry: Debian's package
-#   otelcol: none needed (the OTLP collector used in tests is the project's own Rust receiver)
+#   aiosmtpd: PyPI, the SMTP server alert tests deliver to
 # Prints the cache directory on stdout's last line. Idempotent; safe to run concurrently is NOT
 # promised, run it once before the tests (.ci/run and the README commands do).
 set -euo pipefail
@@ -57,6 +57,14 @@ if ! command -v docker-registry >/dev/null && [ ! -x /usr/bin/docker-registry ];
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq docker-registry >&2
   # The package starts a system service on :5000; the tests run their own instances.
   $SUDO systemctl disable --now docker-registry >/dev/null 2>&1 || $SUDO service docker-registry stop >/dev/null 2>&1 || true
+fi
+
+# The SMTP server of the alert tests: aiosmtpd, a real SMTP implementation, from PyPI.
+AIOSMTPD_VERSION=1.4.6
+if ! python3 -c "import aiosmtpd" 2>/dev/null; then
+  log "installing aiosmtpd $AIOSMTPD_VERSION"
+  python3 -m pip install -q "aiosmtpd==$AIOSMTPD_VERSION" >&2 \
+    || python3 -m pip install -q --break-system-packages "aiosmtpd==$AIOSMTPD_VERSION" >&2
 fi
 
 ln -sfn "$cache/kube-apiserver-$KUBE_VERSION/kube-apiserver" "$cache/kube-apiserver"

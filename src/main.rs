@@ -1,3 +1,114 @@
-fn main() {
-    println!("kimup {}", env!("CARGO_PKG_VERSION"));
+//! The `kimup` command line.
+
+use clap::{Parser, Subcommand};
+use kimup::evaluate::EvaluateArgs;
+use kimup::run::RunArgs;
+use kimup::telemetry::{self, LogFormat};
+
+/// kimup: keeps Kubernetes workloads on the newest image tags their rules allow.
+#[derive(Parser, Debug)]
+#[command(name = "kimup", version, about)]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "KIMUP_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Log filter, e.g. `info` or `kimup=debug,kube=warn`.
+    #[arg(long, default_value = "info", global = true, env = "KIMUP_LOG_LEVEL")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the controller.
+    Run(Box<RunArgs>),
+    /// Print the CustomResourceDefinitions (YAML).
+    Crd,
+    /// Dry-run rules against a tag list or the live registry.
+    Evaluate(Box<EvaluateArgs>),
+    /// Print the version.
+    Version,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    0.into()
+                }
+                _ => 2.into(),
+            };
+        }
+    };
+    // kube, reqwest and lettre are built without a crypto provider of their own; ring is the one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.command {
+        Command::Version => {
+            println!("kimup {}", env!("CARGO_PKG_VERSION"));
+            0.into()
+        }
+        Command::Crd => match kimup::api::crds_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                0.into()
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                1.into()
+            }
+        },
+        Command::Evaluate(args) => {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return 1.into();
+                }
+            };
+            match rt.block_on(kimup::evaluate::evaluate(&args)) {
+                Ok(out) => {
+                    print!("{out}");
+                    0.into()
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    2.into()
+                }
+            }
+        }
+        Command::Run(args) => {
+            let _telemetry = match telemetry::init(cli.log_format, &cli.log_level) {
+                Ok(guard) => guard,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return 2.into();
+                }
+            };
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return 1.into();
+                }
+            };
+            match rt.block_on(kimup::run::run(*args)) {
+                Ok(()) => 0.into(),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "kimup stopped");
+                    eprintln!("error: {e:#}");
+                    1.into()
+                }
+            }
+        }
+    }
 }

@@ -52,16 +52,24 @@ async fn three_clusters_serve_custom_resources_with_status() {
     );
     let mut urls = std::collections::HashSet::new();
     for (i, cluster) in env.clusters.iter().enumerate() {
-        assert!(urls.insert(cluster.url.clone()), "each cluster has its own URL");
+        assert!(
+            urls.insert(cluster.url.clone()),
+            "each cluster has its own URL"
+        );
         let client = cluster.client().await.expect("client");
         let version = client.apiserver_version().await.expect("version");
-        assert_eq!(version.git_version, "v1.36.3", "the pinned release reports itself");
+        assert_eq!(
+            version.git_version, "v1.36.3",
+            "the pinned release reports itself"
+        );
 
         let ns = env.namespace(i, "widgets").await.expect("namespace");
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
         let mut obj = DynamicObject::new("w1", &ar);
         obj.data = serde_json::json!({"spec": {"size": i + 1}});
-        api.create(&PostParams::default(), &obj).await.expect("create");
+        api.create(&PostParams::default(), &obj)
+            .await
+            .expect("create");
 
         let read = api.get("w1").await.expect("read back");
         assert_eq!(read.data["spec"]["size"], serde_json::json!(i + 1));
@@ -115,7 +123,9 @@ async fn tls_registry_requires_the_right_password() {
     reg.push_tags("testenv/private", &["a", "b", "c"])
         .await
         .expect("push");
-    let reference: Reference = format!("{}/testenv/private", reg.host).parse().expect("ref");
+    let reference: Reference = format!("{}/testenv/private", reg.host)
+        .parse()
+        .expect("ref");
 
     let tags = reg
         .oci_client()
@@ -131,7 +141,12 @@ async fn tls_registry_requires_the_right_password() {
     let err = reg
         .oci_client()
         .expect("client")
-        .list_tags(&reference, &RegistryAuth::Basic(user, "wrong".into()), None, None)
+        .list_tags(
+            &reference,
+            &RegistryAuth::Basic(user, "wrong".into()),
+            None,
+            None,
+        )
         .await
         .expect_err("wrong password must fail");
     let text = format!("{err:?}");
@@ -141,13 +156,16 @@ async fn tls_registry_requires_the_right_password() {
     );
 
     // Without trusting the registry's CA, TLS verification fails.
-    let untrusting = oci_client::Client::try_from(oci_client::client::ClientConfig::default())
-        .expect("client");
+    let untrusting =
+        oci_client::Client::try_from(oci_client::client::ClientConfig::default()).expect("client");
     let err = untrusting
         .list_tags(&reference, &reg.registry_auth(), None, None)
         .await
         .expect_err("self-signed certificate must be rejected");
-    assert!(format!("{err:?}").to_lowercase().contains("certificate"), "{err:?}");
+    assert!(
+        format!("{err:?}").to_lowercase().contains("certificate"),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -157,15 +175,30 @@ async fn tags_move_and_delete() {
     reg.push_tags("testenv/mutable", &["latest", "1.0"])
         .await
         .expect("push");
-    let before = reg.digest("testenv/mutable", "latest").await.expect("digest");
+    let before = reg
+        .digest("testenv/mutable", "latest")
+        .await
+        .expect("digest");
     let other = reg.digest("testenv/mutable", "1.0").await.expect("digest");
     assert_ne!(before, other, "each tag has its own digest");
-    let after = reg.move_tag("testenv/mutable", "latest").await.expect("move");
+    let after = reg
+        .move_tag("testenv/mutable", "latest")
+        .await
+        .expect("move");
     assert_ne!(before, after);
-    assert_eq!(reg.digest("testenv/mutable", "latest").await.expect("digest"), after);
+    assert_eq!(
+        reg.digest("testenv/mutable", "latest")
+            .await
+            .expect("digest"),
+        after
+    );
 
-    reg.delete_tag("testenv/mutable", "1.0").await.expect("delete");
-    let reference: Reference = format!("{}/testenv/mutable", reg.host).parse().expect("ref");
+    reg.delete_tag("testenv/mutable", "1.0")
+        .await
+        .expect("delete");
+    let reference: Reference = format!("{}/testenv/mutable", reg.host)
+        .parse()
+        .expect("ref");
     let tags = reg
         .oci_client()
         .expect("client")
@@ -173,7 +206,10 @@ async fn tags_move_and_delete() {
         .await
         .expect("list");
     assert_eq!(tags.tags, vec!["latest"]);
-    assert!(reg.tag_list_requests().expect("log") >= 1, "access log counts tag listings");
+    assert!(
+        reg.tag_list_requests().expect("log") >= 1,
+        "access log counts tag listings"
+    );
 }
 
 #[tokio::test]
@@ -189,7 +225,10 @@ async fn killed_api_server_restarts_with_same_address() {
     env.clusters[0].kill();
     let client = env.clusters[0].client().await.expect("client");
     let down = tokio::time::timeout(Duration::from_secs(5), client.apiserver_version()).await;
-    assert!(matches!(down, Ok(Err(_)) | Err(_)), "server is down after kill");
+    assert!(
+        matches!(down, Ok(Err(_)) | Err(_)),
+        "server is down after kill"
+    );
     env.clusters[0].restart().await.expect("restart");
     assert_eq!(env.clusters[0].url, url);
     let client = env.clusters[0].client().await.expect("client");

@@ -54,7 +54,7 @@ impl Binaries {
             etcd: cache.join("etcd"),
             registry: which("docker-registry")?,
         };
-        (bins.kube_apiserver.exists() && bins.etcd.exists()).then_some(bins)
+        (bins.kube_apiserver.exists() && bins.etcd.exists() && python().is_ok()).then_some(bins)
     }
 
     fn locate_or_build() -> Result<Binaries> {
@@ -93,4 +93,22 @@ fn which(name: &str) -> Option<PathBuf> {
         .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
         .map(|d| d.join(name))
         .find(|p| p.is_file())
+}
+
+/// A Python interpreter that can import aiosmtpd (the SMTP server of the alert tests).
+pub fn python() -> Result<PathBuf> {
+    for candidate in ["python3", "python"] {
+        if let Some(p) = which(candidate) {
+            let ok = Command::new(&p)
+                .args(["-c", "import aiosmtpd"])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return Ok(p);
+            }
+        }
+    }
+    bail!(
+        "no python3 with aiosmtpd found; run scripts/testenv-binaries.sh (it pip-installs aiosmtpd)"
+    )
 }

@@ -126,7 +126,10 @@ impl Cluster {
             format!("--etcd-prefix=/{name}"),
             format!("--service-account-issuer={url}/"),
             format!("--service-account-key-file={}", sa_pub_file.display()),
-            format!("--service-account-signing-key-file={}", sa_key_file.display()),
+            format!(
+                "--service-account-signing-key-file={}",
+                sa_key_file.display()
+            ),
             "--service-cluster-ip-range=10.0.0.0/24".to_string(),
             // Several API servers share one loopback address; the endpoint reconciler would make
             // them fight over the `kubernetes` Service endpoints.
@@ -134,14 +137,9 @@ impl Cluster {
             "--v=1".to_string(),
         ];
 
-        let kubeconfig_yaml = kubeconfig(
-            name,
-            &url,
-            &serving_ca.pem().cert,
-            &admin.cert,
-            &admin.key,
-        );
-        let kubeconfig_path = dir.join("kubeconfig.yaml");
+        let kubeconfig_yaml =
+            kubeconfig(name, &url, &serving_ca.pem().cert, &admin.cert, &admin.key);
+        let kubeconfig_path = dir.join(format!("{name}.yaml"));
         std::fs::write(&kubeconfig_path, &kubeconfig_yaml)?;
 
         let process = Process::spawn(

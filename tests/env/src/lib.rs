@@ -13,6 +13,7 @@ pub mod certs;
 pub mod cluster;
 pub mod process;
 pub mod registry;
+pub mod sinks;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -26,6 +27,7 @@ use kube::api::{Api, ObjectMeta, PostParams};
 pub use binaries::Binaries;
 pub use cluster::{Cluster, Etcd};
 pub use registry::{BasicAuth, Registry};
+pub use sinks::{HttpSink, SmtpServer};
 
 /// Installs ring as the process-wide rustls provider (idempotent). kube, reqwest and oci-client
 /// are all built without a provider of their own choosing, so one must be installed before TLS.
@@ -155,8 +157,11 @@ impl TestEnv {
             }
         }
         if b.registries {
-            env.registries
-                .push(Registry::start_plain(bins, &data, &logs).await.with_context(ctx)?);
+            env.registries.push(
+                Registry::start_plain(bins, &data, &logs)
+                    .await
+                    .with_context(ctx)?,
+            );
             let auth = BasicAuth {
                 username: "kimup".into(),
                 password: "s3cret-pass".into(),
@@ -203,6 +208,28 @@ impl TestEnv {
             ..Default::default()
         };
         api.create(&PostParams::default(), &ns).await?;
+        Ok(name)
+    }
+
+    /// Creates the namespace `<prefix>-<n>` in every cluster (same name everywhere).
+    pub async fn namespace_everywhere(&self, prefix: &str) -> Result<String> {
+        static NS_COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "{prefix}-all-{}-{}",
+            std::process::id() % 100_000,
+            NS_COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        for c in &self.clusters {
+            let api: Api<Namespace> = Api::all(c.client().await?);
+            let ns = Namespace {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            api.create(&PostParams::default(), &ns).await?;
+        }
         Ok(name)
     }
 
@@ -285,7 +312,8 @@ pub fn load_crds(dir: &Path) -> Result<Vec<CustomResourceDefinition>> {
                 continue;
             }
             crds.push(
-                serde_yaml::from_value(value).with_context(|| format!("parsing {}", f.display()))?,
+                serde_yaml::from_value(value)
+                    .with_context(|| format!("parsing {}", f.display()))?,
             );
         }
     }

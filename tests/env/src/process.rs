@@ -46,10 +46,7 @@ impl Process {
         let out = File::options().create(true).append(true).open(&log)?;
         let err = out.try_clone()?;
         let mut cmd = Command::new(program);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
+        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
         use std::os::unix::process::CommandExt;
         // SAFETY: prctl and getppid are async-signal-safe and touch no memory of the parent.
         unsafe {
@@ -145,7 +142,9 @@ pub fn free_port() -> Result<u16> {
     static USED: OnceLock<Mutex<std::collections::HashSet<u16>>> = OnceLock::new();
     let used = USED.get_or_init(Default::default);
     for _ in 0..100 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let mut set = used.lock().map_err(|_| anyhow!("port set poisoned"))?;
         if set.insert(port) {
             return Ok(port);
@@ -169,7 +168,9 @@ where
             Err(e) => last_err = Some(e),
         }
         if Instant::now() > deadline {
-            let detail = last_err.map(|e| format!(": last error: {e:#}")).unwrap_or_default();
+            let detail = last_err
+                .map(|e| format!(": last error: {e:#}"))
+                .unwrap_or_default();
             bail!("timed out after {timeout:?} waiting for {what}{detail}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -29,6 +29,8 @@ pub struct Registry {
     pub host: String,
     /// Credentials when htpasswd auth is on.
     pub auth: Option<BasicAuth>,
+    /// A second htpasswd user, for tests where two credential sets reach one repository.
+    pub second_auth: Option<BasicAuth>,
     /// PEM of the CA that signed the serving certificate when TLS is on.
     pub ca_pem: Option<String>,
     process: Process,
@@ -81,9 +83,15 @@ impl Registry {
             std::fs::write(&key, &serving.key)?;
             let htpasswd = dir.join("htpasswd");
             let hash = bcrypt::hash(&auth.password, 5)?;
-            std::fs::write(&htpasswd, format!("{}:{hash}\n", auth.username))?;
+            let second = second_user(auth);
+            let hash2 = bcrypt::hash(&second.password, 5)?;
+            std::fs::write(
+                &htpasswd,
+                format!("{}:{hash}\n{}:{hash2}\n", auth.username, second.username),
+            )?;
             config["http"]["tls"] = serde_json::json!({"certificate": cert, "key": key});
-            config["auth"] = serde_json::json!({"htpasswd": {"realm": "kimup-test", "path": htpasswd}});
+            config["auth"] =
+                serde_json::json!({"htpasswd": {"realm": "kimup-test", "path": htpasswd}});
             ca_pem = Some(ca.pem().cert);
         }
         let config_path = dir.join("config.yml");
@@ -109,9 +117,11 @@ impl Registry {
             }
         })
         .await?;
+        let second_auth = auth.as_ref().map(second_user);
         Ok(Self {
             host,
             auth,
+            second_auth,
             ca_pem,
             process,
         })
@@ -234,21 +244,32 @@ impl Registry {
         }
         let resp = req.send().await?;
         if !resp.status().is_success() {
-            bail!(
-                "deleting {repository}:{tag} ({digest}): {}",
-                resp.status()
-            );
+            bail!("deleting {repository}:{tag} ({digest}): {}", resp.status());
         }
         Ok(())
     }
 
     /// Number of tag-list requests (`GET /v2/<repo>/tags/list`) in the access log so far.
     pub fn tag_list_requests(&self) -> Result<usize> {
+        self.tag_list_requests_for("")
+    }
+
+    /// Number of successful tag-list requests for repositories starting with `prefix`, read from
+    /// the registry's access log (one line per request, written by the registry itself).
+    pub fn tag_list_requests_for(&self, prefix: &str) -> Result<usize> {
         let log = std::fs::read_to_string(self.log_path())?;
+        let needle = format!("\"GET /v2/{prefix}");
         Ok(log
             .lines()
-            .filter(|l| l.contains("\"GET /v2/") && l.contains("/tags/list"))
+            .filter(|l| l.contains(&needle) && l.contains("/tags/list") && l.contains("\" 200 "))
             .count())
+    }
+}
+
+fn second_user(primary: &BasicAuth) -> BasicAuth {
+    BasicAuth {
+        username: format!("{}-reader", primary.username),
+        password: format!("{}-2", primary.password),
     }
 }
 

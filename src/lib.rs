@@ -1,0 +1,17 @@
+//! kimup: a Kubernetes image updater. Library behind the `kimup` binary.
+
+pub mod actions;
+pub mod api;
+pub mod clusters;
+pub mod controller;
+pub mod evaluate;
+pub mod leader;
+pub mod metrics;
+pub mod registry;
+pub mod rules;
+pub mod run;
+pub mod server;
+pub mod sync;
+pub mod telemetry;
+pub mod triggers;
+pub mod version;

@@ -1,0 +1,207 @@
+//! Prometheus metrics: kimup's names where they fit, plus cache, registry and sync figures.
+
+use std::sync::OnceLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegistryLabels {
+    registry: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SyncLabels {
+    cluster: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClusterLabels {
+    cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    action: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+struct Metrics {
+    registry: Registry,
+    registry_requests: Family<RegistryLabels, Counter>,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    syncs: Family<SyncLabels, Counter>,
+    sync_seconds: Family<ClusterLabels, Histogram>,
+    actions: Family<ActionLabels, Counter>,
+    rules: Family<ResultLabels, Counter>,
+    cluster_up: Family<ClusterLabels, Gauge>,
+    leader: Gauge,
+}
+
+fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(|| {
+        let mut registry = Registry::with_prefix("kimup");
+        let registry_requests = Family::<RegistryLabels, Counter>::default();
+        registry.register(
+            "registry_request",
+            "Requests sent to registries, by registry and kind (tags, manifest, token)",
+            registry_requests.clone(),
+        );
+        let cache_hits = Counter::default();
+        registry.register(
+            "tag_cache_hits",
+            "Tag lists served from the shared cache",
+            cache_hits.clone(),
+        );
+        let cache_misses = Counter::default();
+        registry.register(
+            "tag_cache_misses",
+            "Tag lists that needed a registry listing",
+            cache_misses.clone(),
+        );
+        let syncs = Family::<SyncLabels, Counter>::default();
+        registry.register(
+            "image_syncs",
+            "Image syncs by cluster and status result",
+            syncs.clone(),
+        );
+        let sync_seconds = Family::<ClusterLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+        });
+        registry.register(
+            "image_sync_duration_seconds",
+            "Duration of one Image sync",
+            sync_seconds.clone(),
+        );
+        let actions = Family::<ActionLabels, Counter>::default();
+        registry.register(
+            "actions_executed",
+            "Actions run, by type and outcome",
+            actions.clone(),
+        );
+        let rules = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "rules_evaluated",
+            "Rule evaluations by outcome (match, nomatch, error)",
+            rules.clone(),
+        );
+        let cluster_up = Family::<ClusterLabels, Gauge>::default();
+        registry.register(
+            "cluster_up",
+            "1 when the cluster's Image watch is running",
+            cluster_up.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the lease",
+            leader.clone(),
+        );
+        Metrics {
+            registry,
+            registry_requests,
+            cache_hits,
+            cache_misses,
+            syncs,
+            sync_seconds,
+            actions,
+            rules,
+            cluster_up,
+            leader,
+        }
+    })
+}
+
+/// Counts one registry request.
+pub fn registry_request(registry: &str, kind: &str) {
+    metrics()
+        .registry_requests
+        .get_or_create(&RegistryLabels {
+            registry: registry.to_string(),
+            kind: kind.to_string(),
+        })
+        .inc();
+}
+
+/// Counts a tag cache hit or miss.
+pub fn cache_access(hit: bool) {
+    if hit {
+        metrics().cache_hits.inc();
+    } else {
+        metrics().cache_misses.inc();
+    }
+}
+
+/// Records a finished sync.
+pub fn sync_done(cluster: &str, result: &str, seconds: f64) {
+    let m = metrics();
+    m.syncs
+        .get_or_create(&SyncLabels {
+            cluster: cluster.to_string(),
+            result: result.to_string(),
+        })
+        .inc();
+    m.sync_seconds
+        .get_or_create(&ClusterLabels {
+            cluster: cluster.to_string(),
+        })
+        .observe(seconds);
+}
+
+/// Counts an action.
+pub fn action(action: &str, outcome: &str) {
+    metrics()
+        .actions
+        .get_or_create(&ActionLabels {
+            action: action.to_string(),
+            outcome: outcome.to_string(),
+        })
+        .inc();
+}
+
+/// Counts a rule evaluation outcome.
+pub fn rule(result: &str) {
+    metrics()
+        .rules
+        .get_or_create(&ResultLabels {
+            result: result.to_string(),
+        })
+        .inc();
+}
+
+/// Sets whether a cluster is up.
+pub fn cluster_up(cluster: &str, up: bool) {
+    metrics()
+        .cluster_up
+        .get_or_create(&ClusterLabels {
+            cluster: cluster.to_string(),
+        })
+        .set(i64::from(up));
+}
+
+/// Sets whether this replica leads.
+pub fn leader(is_leader: bool) {
+    metrics().leader.set(i64::from(is_leader));
+}
+
+/// The OpenMetrics text exposition.
+pub fn encode() -> String {
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, &metrics().registry).is_err() {
+        out.clear();
+    }
+    out
+}

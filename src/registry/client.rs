@@ -1,0 +1,640 @@
+//! Distribution API client: tag listing with pagination, manifest digests, auth, limits, retries.
+//!
+//! Written on reqwest rather than through oci-client because oci-client's `list_tags` drops the
+//! `Link` header (registries that cap pages would be truncated), turns 429 into an opaque error
+//! (so Retry-After cannot be honoured) and keys credentials by host only.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, LINK, RETRY_AFTER, WWW_AUTHENTICATE};
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+
+use super::credentials::Credential;
+use super::error::RegistryError;
+use super::reference::ImageRef;
+
+/// How to reach a registry over the network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TlsMode {
+    /// HTTPS with certificate verification (default).
+    Verify,
+    /// HTTPS without certificate verification (`insecureSkipTLSVerify`).
+    SkipVerify,
+    /// Plain HTTP (registries listed with `--insecure-registry`).
+    PlainHttp,
+}
+
+impl TlsMode {
+    /// Label for logs, metrics and cache keys.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TlsMode::Verify => "https",
+            TlsMode::SkipVerify => "https-insecure",
+            TlsMode::PlainHttp => "http",
+        }
+    }
+}
+
+/// Settings shared by every registry request.
+#[derive(Clone, Debug)]
+pub struct ClientSettings {
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Timeout of a whole request (headers and body).
+    pub request_timeout: Duration,
+    /// Concurrent requests per registry host.
+    pub per_registry_concurrency: usize,
+    /// Retries after 429 or 5xx (each honouring Retry-After, else exponential backoff).
+    pub max_retries: u32,
+    /// Cap on any single backoff wait.
+    pub max_backoff: Duration,
+    /// Page size asked for with `n`.
+    pub page_size: usize,
+    /// Hard cap on pages followed for one listing (a looping `Link` must not spin forever).
+    pub max_pages: usize,
+    /// Registries reached over plain HTTP (`host[:port]`).
+    pub plain_http: Vec<String>,
+    /// Extra CA certificates (PEM) trusted for every registry.
+    pub extra_ca_pem: Vec<Vec<u8>>,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            per_registry_concurrency: 8,
+            max_retries: 3,
+            max_backoff: Duration::from_secs(30),
+            page_size: 1000,
+            max_pages: 100,
+            plain_http: Vec::new(),
+            extra_ca_pem: Vec::new(),
+        }
+    }
+}
+
+/// Registry client shared by the whole process: one HTTP client per TLS mode, one semaphore per
+/// registry host, a bearer-token cache per (host, repository, credential).
+pub struct RegistryClient {
+    settings: ClientSettings,
+    verify: reqwest::Client,
+    skip_verify: reqwest::Client,
+    limits: Mutex<HashMap<String, Arc<Semaphore>>>,
+    tokens: Mutex<HashMap<(String, String, String), String>>,
+    requests: Mutex<HashMap<(String, String), u64>>,
+}
+
+#[derive(Deserialize)]
+struct TagList {
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    access_token: Option<String>,
+}
+
+const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.v2+json";
+
+impl RegistryClient {
+    /// Builds the HTTP clients; fails on an unreadable CA certificate rather than falling back.
+    pub fn new(settings: ClientSettings) -> Result<Self, RegistryError> {
+        let build = |skip: bool| -> Result<reqwest::Client, RegistryError> {
+            let mut certs = Vec::new();
+            for pem in &settings.extra_ca_pem {
+                certs.push(reqwest::Certificate::from_pem(pem).map_err(|e| {
+                    RegistryError::Config(format!("invalid registry CA certificate: {e}"))
+                })?);
+            }
+            reqwest::Client::builder()
+                .connect_timeout(settings.connect_timeout)
+                .timeout(settings.request_timeout)
+                .user_agent(concat!("kimup/", env!("CARGO_PKG_VERSION")))
+                .tls_certs_merge(certs)
+                .danger_accept_invalid_certs(skip)
+                .build()
+                .map_err(|e| RegistryError::Config(format!("building HTTP client: {e}")))
+        };
+        Ok(Self {
+            verify: build(false)?,
+            skip_verify: build(true)?,
+            settings,
+            limits: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
+            requests: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The TLS mode for a registry given the Image's `insecureSkipTLSVerify`.
+    pub fn tls_mode(&self, registry: &str, insecure_skip_verify: bool) -> TlsMode {
+        if self.settings.plain_http.iter().any(|h| h == registry) {
+            TlsMode::PlainHttp
+        } else if insecure_skip_verify {
+            TlsMode::SkipVerify
+        } else {
+            TlsMode::Verify
+        }
+    }
+
+    /// Requests sent so far, by (registry, kind) where kind is `tags`, `manifest` or `token`.
+    pub fn request_counts(&self) -> HashMap<(String, String), u64> {
+        self.requests.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Lists every tag of the repository, following `Link` pagination (and `n`/`last` when a
+    /// registry truncates without a Link).
+    pub async fn list_tags(
+        &self,
+        image: &ImageRef,
+        credential: Option<&Credential>,
+        tls: TlsMode,
+    ) -> Result<Vec<String>, RegistryError> {
+        let base = self.base_url(&image.registry, tls);
+        let mut url = format!(
+            "{base}/v2/{}/tags/list?n={}",
+            image.repository, self.settings.page_size
+        );
+        let mut all: Vec<String> = Vec::new();
+        for _ in 0..self.settings.max_pages {
+            let resp = self.get(image, credential, tls, &url, None, "tags").await?;
+            let link = next_link(resp.headers());
+            let body = resp.bytes().await.map_err(|e| RegistryError::Network {
+                registry: image.registry.clone(),
+                reason: e.to_string(),
+            })?;
+            let page: TagList =
+                serde_json::from_slice(&body).map_err(|e| RegistryError::InvalidTagList {
+                    repository: image.repository_key(),
+                    reason: e.to_string(),
+                })?;
+            let tags = page.tags.unwrap_or_default();
+            let n = tags.len();
+            let last = tags.last().cloned();
+            all.extend(tags);
+            match (link, last) {
+                (Some(next), _) => url = resolve_link(&base, &next),
+                // Some registries cap the page without a Link header: ask again after the last tag.
+                (None, Some(last)) if n >= self.settings.page_size => {
+                    url = format!(
+                        "{base}/v2/{}/tags/list?n={}&last={}",
+                        image.repository,
+                        self.settings.page_size,
+                        urlencode(&last)
+                    )
+                }
+                _ => {
+                    all.sort();
+                    all.dedup();
+                    return Ok(all);
+                }
+            }
+        }
+        Err(RegistryError::InvalidTagList {
+            repository: image.repository_key(),
+            reason: format!("more than {} pages", self.settings.max_pages),
+        })
+    }
+
+    /// The manifest digest of `tag` (HEAD, which Docker Hub does not count against pull limits).
+    pub async fn manifest_digest(
+        &self,
+        image: &ImageRef,
+        tag: &str,
+        credential: Option<&Credential>,
+        tls: TlsMode,
+    ) -> Result<String, RegistryError> {
+        let base = self.base_url(&image.registry, tls);
+        let url = format!("{base}/v2/{}/manifests/{tag}", image.repository);
+        let resp = self
+            .get(
+                image,
+                credential,
+                tls,
+                &url,
+                Some(MANIFEST_ACCEPT),
+                "manifest",
+            )
+            .await?;
+        resp.headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .ok_or_else(|| RegistryError::InvalidTagList {
+                repository: image.repository_key(),
+                reason: format!("no Docker-Content-Digest header for tag {tag}"),
+            })
+    }
+
+    fn base_url(&self, registry: &str, tls: TlsMode) -> String {
+        // Docker Hub's API lives on registry-1.docker.io, not on the docker.io name.
+        let host = if registry == "docker.io" {
+            "registry-1.docker.io"
+        } else {
+            registry
+        };
+        match tls {
+            TlsMode::PlainHttp => format!("http://{host}"),
+            _ => format!("https://{host}"),
+        }
+    }
+
+    fn http(&self, tls: TlsMode) -> &reqwest::Client {
+        match tls {
+            TlsMode::SkipVerify => &self.skip_verify,
+            _ => &self.verify,
+        }
+    }
+
+    fn semaphore(&self, registry: &str) -> Arc<Semaphore> {
+        let mut limits = match self.limits.lock() {
+            Ok(l) => l,
+            Err(p) => p.into_inner(),
+        };
+        limits
+            .entry(registry.to_string())
+            .or_insert_with(|| {
+                Arc::new(Semaphore::new(
+                    self.settings.per_registry_concurrency.max(1),
+                ))
+            })
+            .clone()
+    }
+
+    fn count(&self, registry: &str, kind: &str) {
+        if let Ok(mut m) = self.requests.lock() {
+            *m.entry((registry.to_string(), kind.to_string()))
+                .or_default() += 1;
+        }
+        crate::metrics::registry_request(registry, kind);
+    }
+
+    /// GET (or HEAD for manifests) with auth negotiation, concurrency cap and retries.
+    async fn get(
+        &self,
+        image: &ImageRef,
+        credential: Option<&Credential>,
+        tls: TlsMode,
+        url: &str,
+        accept: Option<&str>,
+        kind: &str,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let registry = &image.registry;
+        let fp = super::credentials::fingerprint(credential);
+        let token_key = (registry.clone(), image.repository.clone(), fp);
+        let mut attempt = 0u32;
+        let mut authed_once = false;
+        loop {
+            let permit = self
+                .semaphore(registry)
+                .acquire_owned()
+                .await
+                .map_err(|_| RegistryError::Config("registry semaphore closed".into()))?;
+            let mut req = if kind == "manifest" {
+                self.http(tls).head(url)
+            } else {
+                self.http(tls).get(url)
+            };
+            if let Some(a) = accept {
+                req = req.header(ACCEPT, a);
+            }
+            let token = self
+                .tokens
+                .lock()
+                .ok()
+                .and_then(|t| t.get(&token_key).cloned());
+            if let Some(token) = &token {
+                req = req.header(AUTHORIZATION, format!("Bearer {token}"));
+            } else if let Some(c) = credential {
+                req = req.basic_auth(&c.username, Some(&c.password));
+            }
+            self.count(registry, kind);
+            let sent = req.send().await;
+            drop(permit);
+            let resp = sent.map_err(|e| network_error(registry, tls, &e))?;
+            let status = resp.status();
+            if status.is_success() {
+                return Ok(resp);
+            }
+            if status == StatusCode::UNAUTHORIZED && !authed_once {
+                authed_once = true;
+                if let Some(challenge) = bearer_challenge(resp.headers()) {
+                    let token = self
+                        .fetch_token(registry, tls, &challenge, image, credential)
+                        .await?;
+                    if let Ok(mut t) = self.tokens.lock() {
+                        t.insert(token_key.clone(), token);
+                    }
+                    continue;
+                }
+            }
+            if (status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error())
+                && attempt < self.settings.max_retries
+            {
+                let wait = retry_after(resp.headers())
+                    .unwrap_or_else(|| Duration::from_millis(500 * 2u64.pow(attempt)))
+                    .min(self.settings.max_backoff);
+                attempt += 1;
+                tracing::warn!(%registry, %status, attempt, wait_ms = wait.as_millis() as u64, "registry asked to back off");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            let body = resp.text().await.unwrap_or_default();
+            return Err(status_error(image, status, &body));
+        }
+    }
+
+    async fn fetch_token(
+        &self,
+        registry: &str,
+        tls: TlsMode,
+        challenge: &HashMap<String, String>,
+        image: &ImageRef,
+        credential: Option<&Credential>,
+    ) -> Result<String, RegistryError> {
+        let realm = challenge.get("realm").ok_or_else(|| RegistryError::Auth {
+            registry: registry.to_string(),
+            reason: "bearer challenge without realm".into(),
+        })?;
+        let mut url = reqwest::Url::parse(realm).map_err(|e| RegistryError::Auth {
+            registry: registry.to_string(),
+            reason: format!("invalid token realm {realm:?}: {e}"),
+        })?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(service) = challenge.get("service") {
+                q.append_pair("service", service);
+            }
+            q.append_pair("scope", &format!("repository:{}:pull", image.repository));
+        }
+        let mut req = self.http(tls).get(url);
+        if let Some(c) = credential {
+            req = req.basic_auth(&c.username, Some(&c.password));
+        }
+        self.count(registry, "token");
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| network_error(registry, tls, &e))?;
+        if !resp.status().is_success() {
+            return Err(RegistryError::Auth {
+                registry: registry.to_string(),
+                reason: format!("token endpoint answered {}", resp.status()),
+            });
+        }
+        let body: TokenResponse = resp.json().await.map_err(|e| RegistryError::Auth {
+            registry: registry.to_string(),
+            reason: format!("unreadable token response: {e}"),
+        })?;
+        body.token
+            .or(body.access_token)
+            .ok_or_else(|| RegistryError::Auth {
+                registry: registry.to_string(),
+                reason: "token response without token".into(),
+            })
+    }
+}
+
+fn network_error(registry: &str, tls: TlsMode, e: &reqwest::Error) -> RegistryError {
+    let mut reason = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        reason.push_str(": ");
+        reason.push_str(&s.to_string());
+        source = s.source();
+    }
+    let lower = reason.to_lowercase();
+    if lower.contains("certificate")
+        || lower.contains("unknownissuer")
+        || lower.contains("invalid peer")
+    {
+        return RegistryError::Tls {
+            registry: registry.to_string(),
+            reason: format!(
+                "{reason} (trust the registry's CA with --registry-ca-file, or set insecureSkipTLSVerify)"
+            ),
+        };
+    }
+    if e.is_timeout() {
+        return RegistryError::Timeout {
+            registry: registry.to_string(),
+        };
+    }
+    let _ = tls;
+    RegistryError::Network {
+        registry: registry.to_string(),
+        reason,
+    }
+}
+
+fn status_error(image: &ImageRef, status: StatusCode, body: &str) -> RegistryError {
+    let detail = registry_error_message(body);
+    match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => RegistryError::Unauthorized {
+            registry: image.registry.clone(),
+            status: status.as_u16(),
+            detail,
+        },
+        StatusCode::NOT_FOUND => RegistryError::NotFound {
+            repository: image.repository_key(),
+            detail,
+        },
+        StatusCode::TOO_MANY_REQUESTS => RegistryError::RateLimited {
+            registry: image.registry.clone(),
+        },
+        _ => RegistryError::Status {
+            registry: image.registry.clone(),
+            status: status.as_u16(),
+            detail,
+        },
+    }
+}
+
+/// The first `message` of a distribution error envelope, else a short body excerpt.
+fn registry_error_message(body: &str) -> String {
+    #[derive(Deserialize)]
+    struct Envelope {
+        errors: Vec<Item>,
+    }
+    #[derive(Deserialize)]
+    struct Item {
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    if let Ok(env) = serde_json::from_str::<Envelope>(body)
+        && let Some(first) = env.errors.first()
+    {
+        return format!("{}: {}", first.code, first.message);
+    }
+    body.chars().take(200).collect()
+}
+
+/// Parses `WWW-Authenticate: Bearer realm="...",service="...",scope="..."`.
+pub fn bearer_challenge(headers: &HeaderMap) -> Option<HashMap<String, String>> {
+    let value = headers.get(WWW_AUTHENTICATE)?.to_str().ok()?;
+    let rest = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))?;
+    let mut out = HashMap::new();
+    let mut chars = rest.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
+            chars.next();
+        }
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() {
+            break;
+        }
+        let mut val = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some(n) = chars.next() {
+                            val.push(n);
+                        }
+                    }
+                    '"' => break,
+                    c => val.push(c),
+                }
+            }
+        } else {
+            val = chars.by_ref().take_while(|c| *c != ',').collect();
+        }
+        out.insert(key.trim().to_lowercase(), val);
+    }
+    Some(out)
+}
+
+/// The `rel="next"` target of a `Link` header.
+pub fn next_link(headers: &HeaderMap) -> Option<String> {
+    headers.get_all(LINK).iter().find_map(|v| {
+        let v = v.to_str().ok()?;
+        v.split(',').find_map(|part| {
+            let (target, params) = part.split_once(';')?;
+            let is_next = params
+                .split(';')
+                .any(|p| p.trim().replace(' ', "") == "rel=\"next\"" || p.trim() == "rel=next");
+            let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+            is_next.then(|| target.to_string())
+        })
+    })
+}
+
+fn resolve_link(base: &str, link: &str) -> String {
+    if link.starts_with("http://") || link.starts_with("https://") {
+        link.to_string()
+    } else {
+        format!("{base}{link}")
+    }
+}
+
+/// Retry-After as seconds (HTTP dates are rare for registries and fall back to backoff).
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(RETRY_AFTER)?.to_str().ok()?;
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `Basic` header value, for tests and tools.
+pub fn basic_auth_value(c: &Credential) -> String {
+    let raw = format!("{}:{}", c.username, c.password);
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    fn headers(name: reqwest::header::HeaderName, v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(name, HeaderValue::from_str(v).expect("header"));
+        h
+    }
+
+    #[test]
+    fn parses_bearer_challenges() {
+        let h = headers(
+            WWW_AUTHENTICATE,
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/nginx:pull""#,
+        );
+        let c = bearer_challenge(&h).expect("challenge");
+        assert_eq!(c["realm"], "https://auth.docker.io/token");
+        assert_eq!(c["service"], "registry.docker.io");
+        assert_eq!(c["scope"], "repository:library/nginx:pull");
+        assert!(bearer_challenge(&headers(WWW_AUTHENTICATE, r#"Basic realm="x""#)).is_none());
+    }
+
+    #[test]
+    fn finds_next_link() {
+        let h = headers(
+            LINK,
+            r#"</v2/library/nginx/tags/list?last=1.25&n=100>; rel="next""#,
+        );
+        assert_eq!(
+            next_link(&h).as_deref(),
+            Some("/v2/library/nginx/tags/list?last=1.25&n=100")
+        );
+        assert_eq!(
+            next_link(&headers(LINK, r#"<https://x/a>; rel="prev""#)),
+            None
+        );
+        assert_eq!(
+            resolve_link("https://r", "/v2/x"),
+            "https://r/v2/x".to_string()
+        );
+        assert_eq!(
+            resolve_link("https://r", "https://o/v2/x"),
+            "https://o/v2/x"
+        );
+    }
+
+    #[test]
+    fn reads_retry_after_and_error_envelopes() {
+        assert_eq!(
+            retry_after(&headers(RETRY_AFTER, "7")),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            retry_after(&headers(RETRY_AFTER, "Wed, 21 Oct 2015 07:28:00 GMT")),
+            None
+        );
+        assert_eq!(
+            registry_error_message(
+                r#"{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry"}]}"#
+            ),
+            "NAME_UNKNOWN: repository name not known to registry"
+        );
+        assert_eq!(registry_error_message("oops"), "oops");
+        assert_eq!(urlencode("1.2+b/c"), "1.2%2Bb%2Fc");
+    }
+}

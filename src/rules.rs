@@ -1,0 +1,1474 @@
+//! Rule evaluation: which registry tag a rule moves an Image to, and why (pure).
+//!
+//! Every rule ranks all tags with a total order and picks the best eligible one, so the result
+//! never depends on the order the registry listed the tags in. The Go original picked the first
+//! match in descending string order (so `v1.9.5` won over `v1.10.0`), let pre-releases and
+//! `-alpine` variants through, and could downgrade through regex rules; none of that is kept.
+
+use std::cmp::{Ordering, Reverse};
+use std::fmt;
+use std::str::FromStr;
+
+use regex::Regex;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::version::{CalverTag, OrderedTag, SemverTag};
+
+/// Kinds of rule: how the next tag is chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuleType {
+    /// Newest calendar-version release, any year.
+    CalverMajor,
+    /// Newest calendar-version release within the current year.
+    CalverMinor,
+    /// Newest calendar-version release within the current year and month.
+    CalverPatch,
+    /// Newest pre-release or release of the current calendar date.
+    CalverPrerelease,
+    /// Highest newer semantic version, major upgrades included.
+    SemverMajor,
+    /// Highest newer semantic version with the current major.
+    SemverMinor,
+    /// Highest newer semantic version with the current major and minor.
+    SemverPatch,
+    /// Highest newer tag matching the regular expression in `value`.
+    Regex,
+    /// Highest tag other than the current one (for testing).
+    Always,
+    /// The current tag again whenever its manifest digest changes.
+    Digest,
+}
+
+impl RuleType {
+    /// Every rule type, in declaration order.
+    pub const ALL: [RuleType; 10] = [
+        RuleType::CalverMajor,
+        RuleType::CalverMinor,
+        RuleType::CalverPatch,
+        RuleType::CalverPrerelease,
+        RuleType::SemverMajor,
+        RuleType::SemverMinor,
+        RuleType::SemverPatch,
+        RuleType::Regex,
+        RuleType::Always,
+        RuleType::Digest,
+    ];
+
+    /// The name used in manifests and on the command line, e.g. `semver-minor`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleType::CalverMajor => "calver-major",
+            RuleType::CalverMinor => "calver-minor",
+            RuleType::CalverPatch => "calver-patch",
+            RuleType::CalverPrerelease => "calver-prerelease",
+            RuleType::SemverMajor => "semver-major",
+            RuleType::SemverMinor => "semver-minor",
+            RuleType::SemverPatch => "semver-patch",
+            RuleType::Regex => "regex",
+            RuleType::Always => "always",
+            RuleType::Digest => "digest",
+        }
+    }
+
+    /// What the current tag must be for this rule, with an example, for error messages.
+    fn needed_kind(self) -> &'static str {
+        match self {
+            RuleType::CalverMajor
+            | RuleType::CalverMinor
+            | RuleType::CalverPatch
+            | RuleType::CalverPrerelease => "a calendar version (such as 2024.11.05 or 24.04)",
+            _ => "a semantic version (such as 1.2.3 or v1.2)",
+        }
+    }
+}
+
+impl fmt::Display for RuleType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A rule name that is not one of [`RuleType::ALL`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown rule type {0:?}")]
+pub struct UnknownRuleType(pub String);
+
+impl FromStr for RuleType {
+    type Err = UnknownRuleType;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RuleType::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| UnknownRuleType(s.to_string()))
+    }
+}
+
+/// What a rule made of a tag list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    /// The tag to move to, if any tag qualifies.
+    pub chosen: Option<String>,
+    /// Every distinct input tag with its verdict: chosen, eligible (best first), then rejected.
+    pub considered: Vec<Candidate>,
+    /// One sentence on what the rule looked for and what it found.
+    pub explanation: String,
+}
+
+/// One tag and the rule's verdict on it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Candidate {
+    /// The tag as the registry lists it.
+    pub tag: String,
+    /// The verdict.
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+/// The verdict on one tag.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", content = "reason", rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Qualifies but a better tag was chosen.
+    Eligible,
+    /// The tag the rule picked.
+    Chosen,
+    /// Does not qualify, for the given reason.
+    Rejected(String),
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Eligible => f.write_str("eligible"),
+            Outcome::Chosen => f.write_str("chosen"),
+            Outcome::Rejected(reason) => write!(f, "rejected: {reason}"),
+        }
+    }
+}
+
+/// Why a rule cannot be evaluated at all (a configuration problem, shown in an Image's status).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    /// The current tag is not the kind of version the rule compares.
+    #[error("the current tag {tag:?} is not {}; {rule} needs one", .rule.needed_kind())]
+    UnparsableCurrentTag {
+        /// The current tag.
+        tag: String,
+        /// The rule that needed it parsed.
+        rule: RuleType,
+    },
+    /// The regex rule's value does not compile.
+    #[error("invalid regex `{value}` in the rule's value: {reason}")]
+    InvalidRegex {
+        /// The regular expression as given.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The rule needs a value and has none.
+    #[error("{rule} needs a value: the regular expression that tags must match")]
+    MissingValue {
+        /// The rule lacking a value.
+        rule: RuleType,
+    },
+    /// The semver rule's value is not a version constraint.
+    #[error(
+        "invalid version constraint {value:?} in the rule's value: {reason}; expected something like \">=1.2, <2\""
+    )]
+    InvalidConstraint {
+        /// The constraint as given.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Digest rules compare manifest digests, which a tag list does not have.
+    #[error(
+        "digest rules compare the registry's manifest digest of the current tag and cannot be evaluated on a tag list"
+    )]
+    DigestNeedsRegistry,
+}
+
+/// Evaluates `rule` (with its optional `value`) from the `current` tag over the registry's `tags`.
+pub fn evaluate(
+    rule: RuleType,
+    value: Option<&str>,
+    current: &str,
+    tags: &[String],
+) -> Result<Decision, RuleError> {
+    let mut unique: Vec<&str> = tags.iter().map(String::as_str).collect();
+    unique.sort_unstable();
+    unique.dedup();
+    let ranking = match rule {
+        RuleType::SemverMajor | RuleType::SemverMinor | RuleType::SemverPatch => {
+            rank_semver(rule, value, current, &unique)?
+        }
+        RuleType::CalverMajor
+        | RuleType::CalverMinor
+        | RuleType::CalverPatch
+        | RuleType::CalverPrerelease => rank_calver(rule, current, &unique)?,
+        RuleType::Regex => rank_regex(rule, value, current, &unique)?,
+        RuleType::Always => rank_always(current, &unique),
+        RuleType::Digest => return Err(RuleError::DigestNeedsRegistry),
+    };
+    Ok(ranking.into_decision(rule, current, unique.len()))
+}
+
+/// Whether a digest rule fires: only on a change after a first recorded observation.
+pub fn digest_changed(previous: Option<&str>, current: &str) -> bool {
+    previous.is_some_and(|p| p != current)
+}
+
+/// A rule's verdicts before they become a [`Decision`].
+struct Ranking {
+    /// Eligible tags, best first.
+    eligible: Vec<String>,
+    /// Rejected tags with their reasons, in any order.
+    rejected: Vec<(String, String)>,
+    /// What the rule looked for, for the explanation.
+    scope: String,
+}
+
+impl Ranking {
+    fn into_decision(mut self, rule: RuleType, current: &str, total: usize) -> Decision {
+        // Rejected tags are listed newest first, like the eligible ones, so a reader sees the
+        // tags that came closest at the top.
+        self.rejected
+            .sort_by_cached_key(|(tag, _)| Reverse(OrderedTag::new(tag)));
+        let chosen = self.eligible.first().cloned();
+        let eligible_count = self.eligible.len();
+        let mut considered: Vec<Candidate> = self
+            .eligible
+            .into_iter()
+            .enumerate()
+            .map(|(i, tag)| Candidate {
+                tag,
+                outcome: if i == 0 {
+                    Outcome::Chosen
+                } else {
+                    Outcome::Eligible
+                },
+            })
+            .collect();
+        considered.extend(self.rejected.into_iter().map(|(tag, reason)| Candidate {
+            tag,
+            outcome: Outcome::Rejected(reason),
+        }));
+        let explanation = match &chosen {
+            _ if total == 0 => format!("{rule} from {current}: the registry listed no tags"),
+            Some(tag) => format!(
+                "{rule} from {current}: chose {tag}, the best of {eligible_count} eligible {} ({})",
+                plural(eligible_count, "tag"),
+                self.scope
+            ),
+            None => format!(
+                "{rule} from {current}: none of {total} {} qualifies ({})",
+                plural(total, "tag"),
+                self.scope
+            ),
+        };
+        Decision {
+            chosen,
+            considered,
+            explanation,
+        }
+    }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        word.to_string()
+    } else {
+        format!("{word}s")
+    }
+}
+
+fn describe_variant(variant: Option<&str>) -> String {
+    match variant {
+        Some(v) => format!("variant {v}"),
+        None => "no variant".to_string(),
+    }
+}
+
+fn variant_mismatch(candidate: Option<&str>, current: Option<&str>) -> String {
+    format!(
+        "variant {} != current variant {}",
+        candidate.unwrap_or("(none)"),
+        current.unwrap_or("(none)")
+    )
+}
+
+/// How many style traits a tag shares with the current one; the tie-break between spellings
+/// of one version, so `1.2.0` follows `1.2.3` and `v1.2` follows `v1.1`.
+fn semver_style(tag: &SemverTag, current: &SemverTag) -> (bool, bool, bool) {
+    (
+        tag.precision == current.precision,
+        tag.v_prefix == current.v_prefix,
+        tag.build.is_some() == current.build.is_some(),
+    )
+}
+
+fn rank_semver(
+    rule: RuleType,
+    value: Option<&str>,
+    current: &str,
+    tags: &[&str],
+) -> Result<Ranking, RuleError> {
+    let constraint = match value.map(str::trim).filter(|v| !v.is_empty()) {
+        Some(v) => Some((
+            v,
+            semver::VersionReq::parse(v).map_err(|e| RuleError::InvalidConstraint {
+                value: v.to_string(),
+                reason: e.to_string(),
+            })?,
+        )),
+        None => None,
+    };
+    let cur = SemverTag::parse(current).ok_or_else(|| RuleError::UnparsableCurrentTag {
+        tag: current.to_string(),
+        rule,
+    })?;
+    let mut eligible = Vec::new();
+    let mut rejected = Vec::new();
+    for &tag in tags {
+        match semver_verdict(rule, &cur, constraint.as_ref(), tag) {
+            Ok(parsed) => eligible.push(parsed),
+            Err(reason) => rejected.push((tag.to_string(), reason)),
+        }
+    }
+    eligible.sort_by(|a, b| {
+        b.version_cmp(a)
+            .then_with(|| semver_style(b, &cur).cmp(&semver_style(a, &cur)))
+            .then_with(|| a.raw.cmp(&b.raw))
+    });
+    let mut scope = match rule {
+        RuleType::SemverMinor => format!("newer than {current} with major {}", cur.major),
+        RuleType::SemverPatch => format!(
+            "newer than {current} with major.minor {}.{}",
+            cur.major, cur.minor
+        ),
+        _ => format!("newer than {current}"),
+    };
+    scope.push_str(&format!(", {}", describe_variant(cur.variant.as_deref())));
+    scope.push_str(if cur.is_prerelease() {
+        ", pre-releases allowed"
+    } else {
+        ", releases only"
+    });
+    if let Some((text, _)) = constraint {
+        scope.push_str(&format!(", satisfying {text}"));
+    }
+    Ok(Ranking {
+        eligible: eligible.into_iter().map(|t| t.raw).collect(),
+        rejected,
+        scope,
+    })
+}
+
+fn semver_verdict(
+    rule: RuleType,
+    cur: &SemverTag,
+    constraint: Option<&(&str, semver::VersionReq)>,
+    tag: &str,
+) -> Result<SemverTag, String> {
+    if tag == cur.raw {
+        return Err("current tag".into());
+    }
+    let cand = SemverTag::parse(tag).ok_or("unparsable")?;
+    if cand.variant != cur.variant {
+        return Err(variant_mismatch(
+            cand.variant.as_deref(),
+            cur.variant.as_deref(),
+        ));
+    }
+    if cand.is_prerelease() && !cur.is_prerelease() {
+        return Err("pre-release while current is a release".into());
+    }
+    let same_major = cand.major == cur.major;
+    if matches!(rule, RuleType::SemverMinor | RuleType::SemverPatch) && !same_major {
+        return Err("different major".into());
+    }
+    if rule == RuleType::SemverPatch && cand.minor != cur.minor {
+        return Err("different minor".into());
+    }
+    if cand.version_cmp(cur) != Ordering::Greater {
+        return Err("not newer than current".into());
+    }
+    if let Some((text, req)) = constraint {
+        // Only the numbers: VersionReq refuses pre-releases unless a comparator names one,
+        // and pre-release eligibility is already decided above.
+        let numeric = semver::Version::new(cand.major, cand.minor, cand.patch);
+        if !req.matches(&numeric) {
+            return Err(format!("does not satisfy constraint {text}"));
+        }
+    }
+    Ok(cand)
+}
+
+fn rank_calver(rule: RuleType, current: &str, tags: &[&str]) -> Result<Ranking, RuleError> {
+    let cur = CalverTag::parse(current).ok_or_else(|| RuleError::UnparsableCurrentTag {
+        tag: current.to_string(),
+        rule,
+    })?;
+    let mut eligible = Vec::new();
+    let mut rejected = Vec::new();
+    for &tag in tags {
+        match calver_verdict(rule, &cur, tag) {
+            Ok(parsed) => eligible.push(parsed),
+            Err(reason) => rejected.push((tag.to_string(), reason)),
+        }
+    }
+    eligible.sort_by(|a, b| {
+        b.version_cmp(a)
+            .then_with(|| (b.v_prefix == cur.v_prefix).cmp(&(a.v_prefix == cur.v_prefix)))
+            .then_with(|| a.raw.cmp(&b.raw))
+    });
+    let within = match rule {
+        RuleType::CalverMinor => format!(" within year {}", cur.year),
+        RuleType::CalverPatch => match cur.month {
+            Some(month) => format!(" within {}.{month:02}", cur.year),
+            None => format!(" within year {}", cur.year),
+        },
+        RuleType::CalverPrerelease => " with the same date".to_string(),
+        _ => String::new(),
+    };
+    let kinds = if rule == RuleType::CalverPrerelease {
+        "pre-releases and the release"
+    } else {
+        "releases only"
+    };
+    let scope = format!(
+        "newer than {current}{within}, format {}, {}, {kinds}",
+        cur.format_name(),
+        describe_variant(cur.variant.as_deref())
+    );
+    Ok(Ranking {
+        eligible: eligible.into_iter().map(|t| t.raw).collect(),
+        rejected,
+        scope,
+    })
+}
+
+fn calver_verdict(rule: RuleType, cur: &CalverTag, tag: &str) -> Result<CalverTag, String> {
+    if tag == cur.raw {
+        return Err("current tag".into());
+    }
+    let cand = CalverTag::parse(tag).ok_or("unparsable")?;
+    if !cand.same_format(cur) {
+        return Err(format!(
+            "format {} != current format {}",
+            cand.format_name(),
+            cur.format_name()
+        ));
+    }
+    if cand.variant != cur.variant {
+        return Err(variant_mismatch(
+            cand.variant.as_deref(),
+            cur.variant.as_deref(),
+        ));
+    }
+    if cand.is_prerelease() && rule != RuleType::CalverPrerelease {
+        return Err(format!("pre-release ({rule} takes releases only)"));
+    }
+    let scope_error = match rule {
+        RuleType::CalverMinor | RuleType::CalverPatch if cand.year != cur.year => {
+            Some("different year")
+        }
+        RuleType::CalverPatch if cand.month != cur.month => Some("different month"),
+        RuleType::CalverPrerelease if !cand.same_date(cur) => Some("different date"),
+        _ => None,
+    };
+    if let Some(reason) = scope_error {
+        return Err(reason.into());
+    }
+    if cand.version_cmp(cur) != Ordering::Greater {
+        return Err("not newer than current".into());
+    }
+    Ok(cand)
+}
+
+fn rank_regex(
+    rule: RuleType,
+    value: Option<&str>,
+    current: &str,
+    tags: &[&str],
+) -> Result<Ranking, RuleError> {
+    let pattern = value
+        .filter(|v| !v.is_empty())
+        .ok_or(RuleError::MissingValue { rule })?;
+    let regex = Regex::new(pattern).map_err(|e| RuleError::InvalidRegex {
+        value: pattern.to_string(),
+        reason: regex_reason(&e),
+    })?;
+    // Every tag is comparable to the current one in the version-aware order, so the no-downgrade
+    // guard always applies: a `latest` current only lets semver-ish or naturally later tags in.
+    let cur = OrderedTag::new(current);
+    let mut eligible = Vec::new();
+    let mut rejected = Vec::new();
+    for &tag in tags {
+        if tag == current {
+            rejected.push((tag.to_string(), "current tag".to_string()));
+        } else if !regex.is_match(tag) {
+            rejected.push((tag.to_string(), "does not match regex".to_string()));
+        } else {
+            let ordered = OrderedTag::new(tag);
+            if ordered > cur {
+                eligible.push(ordered);
+            } else {
+                rejected.push((tag.to_string(), "not newer than current".to_string()));
+            }
+        }
+    }
+    eligible.sort_by(|a, b| b.cmp(a));
+    Ok(Ranking {
+        eligible: eligible.into_iter().map(|t| t.raw).collect(),
+        rejected,
+        scope: format!("matching `{pattern}`, newer than {current} in version-aware order"),
+    })
+}
+
+/// The last line of a regex error: the rest repeats the pattern with a caret, which reads badly
+/// on one status line.
+fn regex_reason(error: &regex::Error) -> String {
+    let text = error.to_string();
+    let last = text
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or(text.as_str());
+    last.strip_prefix("error: ").unwrap_or(last).to_string()
+}
+
+fn rank_always(current: &str, tags: &[&str]) -> Ranking {
+    // Only the highest tag qualifies: "the highest tag other than the current one" would flap
+    // between the two highest tags on every sync.
+    let mut all: Vec<OrderedTag> = tags.iter().map(|t| OrderedTag::new(t)).collect();
+    all.sort_by(|a, b| b.cmp(a));
+    let mut eligible = Vec::new();
+    let mut rejected = Vec::new();
+    for (i, tag) in all.into_iter().enumerate() {
+        if tag.raw == current {
+            rejected.push((tag.raw, "current tag".to_string()));
+        } else if i == 0 {
+            eligible.push(tag.raw);
+        } else {
+            rejected.push((tag.raw, "not the highest tag".to_string()));
+        }
+    }
+    Ranking {
+        eligible,
+        rejected,
+        scope: "the highest tag in version-aware order, when it is not the current one".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NGINX: &[&str] = &[
+        "1.25.3",
+        "1.25.3-alpine",
+        "1.25.3-alpine3.18",
+        "1.25.3-alpine3.19",
+        "1.25.3-bookworm",
+        "1.25.4",
+        "1.25.4-alpine",
+        "1.25.4-alpine3.19",
+        "1.25",
+        "1.25-alpine",
+        "1.26.0",
+        "1.26.0-alpine",
+        "1.26.1",
+        "1.26",
+        "1.27.0",
+        "1.27.0-bookworm",
+        "1.27.0-alpine",
+        "1.27",
+        "1",
+        "1-alpine",
+        "mainline",
+        "mainline-alpine",
+        "stable",
+        "stable-alpine",
+        "latest",
+        "alpine",
+        "perl",
+    ];
+
+    const POSTGRES: &[&str] = &[
+        "15.5",
+        "15.5-alpine",
+        "15",
+        "16.0",
+        "16.1",
+        "16.1-bookworm",
+        "16.1-alpine",
+        "16.2",
+        "16.2-bookworm",
+        "16",
+        "16-alpine",
+        "17beta1",
+        "17beta2",
+        "17rc1",
+        "17.0",
+        "17",
+        "latest",
+        "alpine",
+    ];
+
+    const TRAEFIK: &[&str] = &[
+        "v2.10.6",
+        "v2.10.7",
+        "v2.11.0",
+        "v2.11",
+        "v3.0.0-beta5",
+        "v3.0.0-rc1",
+        "v3.0.0-rc2",
+        "v3.0.0",
+        "v3.0",
+        "v3.1.0-rc1",
+        "v3.1",
+        "v3.1.2",
+        "v3",
+        "latest",
+        "mimolette",
+    ];
+
+    const REDIS: &[&str] = &[
+        "7.2.3",
+        "7.2.4",
+        "7.2.4-alpine",
+        "7.2.4-alpine3.19",
+        "7.2.4-bookworm",
+        "7.2",
+        "7.2-alpine",
+        "7.4-rc1",
+        "7.4-rc2",
+        "7.4.0",
+        "7",
+        "6.2.14",
+        "6.2.14-alpine",
+        "alpine",
+        "latest",
+    ];
+
+    const GOLANG: &[&str] = &[
+        "1.21.6",
+        "1.21.6-alpine3.19",
+        "1.22.0",
+        "1.22.0-alpine3.19",
+        "1.22.0-alpine3.18",
+        "1.22.1-alpine3.19",
+        "1.22.1-bookworm",
+        "1.22rc2-alpine3.19",
+        "1.23rc1",
+        "1.22-alpine",
+        "alpine",
+        "bookworm",
+    ];
+
+    const UBUNTU: &[&str] = &[
+        "18.04",
+        "20.04",
+        "22.04",
+        "22.10",
+        "23.04",
+        "23.10",
+        "24.04",
+        "24.10",
+        "jammy",
+        "noble",
+        "noble-20240530",
+        "latest",
+        "rolling",
+    ];
+
+    const CALVER: &[&str] = &[
+        "2023.1",
+        "2023.12",
+        "2024.1",
+        "2024.3",
+        "v2024.3",
+        "2024.03",
+        "2024.11.05",
+        "2024.11.04",
+        "2024.11.20",
+        "2024.11.05-rc1",
+        "2024.11.05-rc2",
+        "2024.11.06-rc1",
+        "2024.12.01",
+        "2024.12.01-alpine",
+        "2025.01.15",
+        "2025.02.01-rc1",
+        "2025",
+        "nightly",
+    ];
+
+    const BUILDS: &[&str] = &[
+        "build-1", "build-2", "build-9", "build-10", "build-11", "main-3", "main-12", "pr-7",
+    ];
+
+    fn owned(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn run(rule: RuleType, value: Option<&str>, current: &str, list: &[&str]) -> Decision {
+        evaluate(rule, value, current, &owned(list))
+            .unwrap_or_else(|e| panic!("{rule} from {current}: {e}"))
+    }
+
+    fn pick(rule: RuleType, current: &str, list: &[&str]) -> Option<String> {
+        run(rule, None, current, list).chosen
+    }
+
+    fn outcome(decision: &Decision, tag: &str) -> Outcome {
+        decision
+            .considered
+            .iter()
+            .find(|c| c.tag == tag)
+            .map(|c| c.outcome.clone())
+            .unwrap_or_else(|| panic!("{tag} not considered"))
+    }
+
+    fn rejected(reason: &str) -> Outcome {
+        Outcome::Rejected(reason.to_string())
+    }
+
+    #[test]
+    fn rule_type_names_round_trip() {
+        let names = [
+            "calver-major",
+            "calver-minor",
+            "calver-patch",
+            "calver-prerelease",
+            "semver-major",
+            "semver-minor",
+            "semver-patch",
+            "regex",
+            "always",
+            "digest",
+        ];
+        for (rule, name) in RuleType::ALL.into_iter().zip(names) {
+            assert_eq!(rule.to_string(), name);
+            assert_eq!(name.parse::<RuleType>(), Ok(rule));
+            let json = serde_json::to_string(&rule).unwrap_or_default();
+            assert_eq!(json, format!("\"{name}\""));
+            let back: RuleType = serde_json::from_str(&json).unwrap_or(RuleType::Digest);
+            assert_eq!(back, rule);
+        }
+        assert!("semver_minor".parse::<RuleType>().is_err());
+        assert!("Semver-Minor".parse::<RuleType>().is_err());
+    }
+
+    #[test]
+    fn rule_type_schema_lists_the_names() {
+        let schema = schemars::schema_for!(RuleType);
+        let text = serde_json::to_string(&schema).unwrap_or_default();
+        for rule in RuleType::ALL {
+            assert!(
+                text.contains(&format!("\"{rule}\"")),
+                "{rule} missing in {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn decision_serializes_flat_outcomes() {
+        let d = run(
+            RuleType::SemverPatch,
+            None,
+            "1.2.3",
+            &["1.2.4", "1.2.5", "x"],
+        );
+        let json = serde_json::to_value(&d).unwrap_or_default();
+        assert_eq!(json["chosen"], "1.2.5");
+        assert_eq!(
+            json["considered"],
+            serde_json::json!([
+                {"tag": "1.2.5", "outcome": "chosen"},
+                {"tag": "1.2.4", "outcome": "eligible"},
+                {"tag": "x", "outcome": "rejected", "reason": "unparsable"},
+            ])
+        );
+        assert_eq!(Outcome::Rejected("r".into()).to_string(), "rejected: r");
+        assert_eq!(Outcome::Chosen.to_string(), "chosen");
+    }
+
+    #[test]
+    fn regression_v1_10_beats_v1_9() {
+        let list = ["v1.9.5", "v1.10.0", "v1.9.4", "v1.2.0"];
+        for rule in [RuleType::SemverMajor, RuleType::SemverMinor] {
+            assert_eq!(pick(rule, "v1.2.0", &list).as_deref(), Some("v1.10.0"));
+        }
+        assert_eq!(
+            run(RuleType::Regex, Some(r"^v1\."), "v1.2.0", &list)
+                .chosen
+                .as_deref(),
+            Some("v1.10.0")
+        );
+        assert_eq!(
+            pick(RuleType::Always, "v1.2.0", &list).as_deref(),
+            Some("v1.10.0")
+        );
+    }
+
+    #[test]
+    fn nginx_semver_rules() {
+        assert_eq!(
+            pick(RuleType::SemverPatch, "1.25.3", NGINX).as_deref(),
+            Some("1.25.4")
+        );
+        assert_eq!(
+            pick(RuleType::SemverMinor, "1.25.3", NGINX).as_deref(),
+            Some("1.27.0")
+        );
+        assert_eq!(
+            pick(RuleType::SemverMajor, "1.25.3", NGINX).as_deref(),
+            Some("1.27.0")
+        );
+        let d = run(RuleType::SemverMinor, None, "1.25.3", NGINX);
+        assert_eq!(
+            outcome(&d, "1.27.0-alpine"),
+            rejected("variant alpine != current variant (none)")
+        );
+        assert_eq!(outcome(&d, "1.27"), Outcome::Eligible);
+        assert_eq!(outcome(&d, "1.25"), rejected("not newer than current"));
+        assert_eq!(outcome(&d, "1"), rejected("not newer than current"));
+        assert_eq!(outcome(&d, "mainline"), rejected("unparsable"));
+        assert_eq!(outcome(&d, "1.25.3"), rejected("current tag"));
+        assert_eq!(d.considered.len(), NGINX.len());
+        assert!(d.explanation.contains("chose 1.27.0"), "{}", d.explanation);
+    }
+
+    #[test]
+    fn nginx_variants_stay_on_their_variant() {
+        assert_eq!(
+            pick(RuleType::SemverMinor, "1.25.3-alpine", NGINX).as_deref(),
+            Some("1.27.0-alpine")
+        );
+        assert_eq!(
+            pick(RuleType::SemverPatch, "1.25.3-alpine3.19", NGINX).as_deref(),
+            Some("1.25.4-alpine3.19")
+        );
+        assert_eq!(
+            pick(RuleType::SemverMinor, "1.25.3-bookworm", NGINX).as_deref(),
+            Some("1.27.0-bookworm")
+        );
+        let d = run(RuleType::SemverMinor, None, "1.25.3-alpine", NGINX);
+        assert_eq!(
+            outcome(&d, "1.25.4-alpine3.19"),
+            rejected("variant alpine3.19 != current variant alpine")
+        );
+        assert_eq!(
+            outcome(&d, "1.27.0"),
+            rejected("variant (none) != current variant alpine")
+        );
+    }
+
+    #[test]
+    fn nginx_floating_tags_prefer_same_precision() {
+        // 1.27 and 1.27.0 are one version: a two-part current keeps two parts.
+        assert_eq!(
+            pick(RuleType::SemverMinor, "1.25", NGINX).as_deref(),
+            Some("1.27")
+        );
+        assert_eq!(
+            pick(RuleType::SemverMinor, "1.25-alpine", NGINX).as_deref(),
+            Some("1.27.0-alpine")
+        );
+        // A one-part current has no same-precision newer tag: the smallest spelling wins.
+        assert_eq!(
+            pick(RuleType::SemverMajor, "1", NGINX).as_deref(),
+            Some("1.27")
+        );
+    }
+
+    #[test]
+    fn duplicate_precision_and_prefix_spellings() {
+        let list = ["1.3", "1.3.0", "v1.3.0", "v1.3", "1.2.0"];
+        assert_eq!(
+            pick(RuleType::SemverMinor, "1.2.0", &list).as_deref(),
+            Some("1.3.0")
+        );
+        assert_eq!(
+            pick(RuleType::SemverMinor, "1.2", &list).as_deref(),
+            Some("1.3")
+        );
+        assert_eq!(
+            pick(RuleType::SemverMinor, "v1.2.0", &list).as_deref(),
+            Some("v1.3.0")
+        );
+        assert_eq!(
+            pick(RuleType::SemverMinor, "v1.2", &list).as_deref(),
+            Some("v1.3")
+        );
+        // Precision outweighs the prefix.
+        let list = ["v1.3", "1.3.0"];
+        assert_eq!(
+            pick(RuleType::SemverMinor, "1.2", &list).as_deref(),
+            Some("v1.3")
+        );
+        // Neither spelling matches the current style: lexicographically smallest wins.
+        let list = ["v1.3.0", "V1.3.0"];
+        assert_eq!(
+            pick(RuleType::SemverMinor, "1.2", &list).as_deref(),
+            Some("V1.3.0")
+        );
+        let list = ["1.03.0", "1.3.0"];
+        assert_eq!(
+            pick(RuleType::SemverMinor, "1.2.0", &list).as_deref(),
+            Some("1.03.0")
+        );
+        let list = ["1.3.0+build.1", "1.3.0"];
+        assert_eq!(
+            pick(RuleType::SemverMinor, "1.2.0", &list).as_deref(),
+            Some("1.3.0")
+        );
+    }
+
+    #[test]
+    fn postgres_prereleases_are_skipped_from_a_release() {
+        assert_eq!(
+            pick(RuleType::SemverMajor, "16.1", POSTGRES).as_deref(),
+            Some("17.0")
+        );
+        assert_eq!(
+            pick(RuleType::SemverMinor, "16.1", POSTGRES).as_deref(),
+            Some("16.2")
+        );
+        assert_eq!(
+            pick(RuleType::SemverMinor, "16.1-bookworm", POSTGRES).as_deref(),
+            Some("16.2-bookworm")
+        );
+        assert_eq!(
+            pick(RuleType::SemverMajor, "16-alpine", POSTGRES).as_deref(),
+            Some("16.1-alpine")
+        );
+        assert_eq!(pick(RuleType::SemverMajor, "16.1-alpine", POSTGRES), None);
+        let d = run(RuleType::SemverMajor, None, "16.1", POSTGRES);
+        assert_eq!(
+            outcome(&d, "17rc1"),
+            rejected("pre-release while current is a release")
+        );
+        let without_final: Vec<&str> = POSTGRES
+            .iter()
+            .copied()
+            .filter(|t| !t.starts_with("17") || t.contains("beta") || t.contains("rc"))
+            .collect();
+        assert_eq!(pick(RuleType::SemverMajor, "16.2", &without_final), None);
+    }
+
+    #[test]
+    fn postgres_from_a_prerelease() {
+        assert_eq!(
+            pick(RuleType::SemverMajor, "17beta1", POSTGRES).as_deref(),
+            Some("17")
+        );
+        let only_pre = ["17beta1", "17beta2", "17rc1", "16.2"];
+        assert_eq!(
+            pick(RuleType::SemverMajor, "17beta1", &only_pre).as_deref(),
+            Some("17rc1")
+        );
+    }
+
+    #[test]
+    fn traefik_semver() {
+        assert_eq!(
+            pick(RuleType::SemverPatch, "v2.10.6", TRAEFIK).as_deref(),
+            Some("v2.10.7")
+        );
+        assert_eq!(
+            pick(RuleType::SemverMinor, "v2.10.7", TRAEFIK).as_deref(),
+            Some("v2.11.0")
+        );
+        assert_eq!(
+            pick(RuleType::SemverMajor, "v2.10.7", TRAEFIK).as_deref(),
+            Some("v3.1.2")
+        );
+        let d = run(RuleType::SemverMajor, None, "v2.10.7", TRAEFIK);
+        assert_eq!(
+            outcome(&d, "v3.1.0-rc1"),
+            rejected("pre-release while current is a release")
+        );
+        assert_eq!(outcome(&d, "v3.1"), Outcome::Eligible);
+        assert_eq!(outcome(&d, "latest"), rejected("unparsable"));
+    }
+
+    #[test]
+    fn prerelease_current_moves_to_newer_prerelease_or_release() {
+        let rc = ["3.0.0-rc1", "3.0.0-rc2", "3.0.0-beta1", "2.9.0"];
+        assert_eq!(
+            pick(RuleType::SemverPatch, "3.0.0-rc1", &rc).as_deref(),
+            Some("3.0.0-rc2")
+        );
+        let released = ["3.0.0-rc1", "3.0.0-rc2", "3.0.0", "2.9.0"];
+        assert_eq!(
+            pick(RuleType::SemverPatch, "3.0.0-rc1", &released).as_deref(),
+            Some("3.0.0")
+        );
+        let d = run(RuleType::SemverPatch, None, "3.0.0-rc2", &rc);
+        assert_eq!(outcome(&d, "3.0.0-rc1"), rejected("not newer than current"));
+        assert_eq!(
+            outcome(&d, "3.0.0-beta1"),
+            rejected("not newer than current")
+        );
+        assert_eq!(d.chosen, None);
+        assert_eq!(
+            pick(RuleType::SemverMinor, "v3.0.0-rc1", TRAEFIK).as_deref(),
+            Some("v3.1.2")
+        );
+        let rcs = ["1.0.0-rc.9", "1.0.0-rc.10", "1.0.0-rc.2"];
+        assert_eq!(
+            pick(RuleType::SemverPatch, "1.0.0-rc.2", &rcs).as_deref(),
+            Some("1.0.0-rc.10")
+        );
+    }
+
+    #[test]
+    fn prerelease_with_variant() {
+        let list = [
+            "1.2.3-rc.1-alpine",
+            "1.2.3-rc.2-alpine",
+            "1.2.3-rc.2",
+            "1.2.3-alpine",
+        ];
+        assert_eq!(
+            pick(RuleType::SemverPatch, "1.2.3-rc.1-alpine", &list).as_deref(),
+            Some("1.2.3-alpine")
+        );
+        assert_eq!(
+            pick(RuleType::SemverPatch, "1.2.2-alpine", &list).as_deref(),
+            Some("1.2.3-alpine")
+        );
+    }
+
+    #[test]
+    fn redis_and_golang() {
+        assert_eq!(
+            pick(RuleType::SemverMinor, "7.2.3", REDIS).as_deref(),
+            Some("7.4.0")
+        );
+        assert_eq!(
+            pick(RuleType::SemverPatch, "7.2.3", REDIS).as_deref(),
+            Some("7.2.4")
+        );
+        assert_eq!(
+            pick(RuleType::SemverMajor, "6.2.14-alpine", REDIS).as_deref(),
+            Some("7.2.4-alpine")
+        );
+        assert_eq!(
+            pick(RuleType::SemverMinor, "7.4-rc1", REDIS).as_deref(),
+            Some("7.4.0")
+        );
+        assert_eq!(
+            pick(RuleType::SemverPatch, "1.22.0-alpine3.19", GOLANG).as_deref(),
+            Some("1.22.1-alpine3.19")
+        );
+        assert_eq!(
+            pick(RuleType::SemverMinor, "1.21.6-alpine3.19", GOLANG).as_deref(),
+            Some("1.22.1-alpine3.19")
+        );
+        assert_eq!(
+            pick(RuleType::SemverMinor, "1.21.6", GOLANG).as_deref(),
+            Some("1.22.0")
+        );
+    }
+
+    #[test]
+    fn semver_constraint_value() {
+        let d = run(RuleType::SemverMajor, Some(">=1.2, <2"), "1.25.3", NGINX);
+        assert_eq!(d.chosen.as_deref(), Some("1.27.0"));
+        let d = run(RuleType::SemverMajor, Some("<1.27"), "1.25.3", NGINX);
+        assert_eq!(d.chosen.as_deref(), Some("1.26.1"));
+        assert_eq!(
+            outcome(&d, "1.27.0"),
+            rejected("does not satisfy constraint <1.27")
+        );
+        assert!(
+            d.explanation.contains("satisfying <1.27"),
+            "{}",
+            d.explanation
+        );
+        let d = run(RuleType::SemverMajor, Some("  "), "1.25.3", NGINX);
+        assert_eq!(d.chosen.as_deref(), Some("1.27.0"));
+        let err = evaluate(RuleType::SemverMinor, Some(">=x"), "1.25.3", &owned(NGINX));
+        assert!(
+            matches!(err, Err(RuleError::InvalidConstraint { ref value, .. }) if value == ">=x")
+        );
+        let msg = err.map(|_| String::new()).unwrap_or_else(|e| e.to_string());
+        assert!(msg.contains("invalid version constraint \">=x\""), "{msg}");
+    }
+
+    #[test]
+    fn never_downgrades_or_repeats() {
+        let list = ["1.0.0", "1.1.0", "1.2.0", "0.9.0"];
+        for rule in [
+            RuleType::SemverMajor,
+            RuleType::SemverMinor,
+            RuleType::SemverPatch,
+        ] {
+            assert_eq!(pick(rule, "1.2.0", &list), None, "{rule}");
+            assert_eq!(pick(rule, "v1.2.0", &["1.2.0", "1.2"]), None, "{rule}");
+            assert_eq!(pick(rule, "2.0.0", &list), None, "{rule}");
+        }
+        assert_eq!(
+            run(RuleType::Regex, Some("^1"), "1.2.0", &list).chosen,
+            None
+        );
+    }
+
+    #[test]
+    fn empty_tag_list() {
+        for rule in RuleType::ALL {
+            if rule == RuleType::Digest {
+                continue;
+            }
+            let current = if rule.as_str().starts_with("calver") {
+                "2024.11.05"
+            } else {
+                "1.2.3"
+            };
+            let value = (rule == RuleType::Regex).then_some(".");
+            let d = run(rule, value, current, &[]);
+            assert_eq!(d.chosen, None);
+            assert!(d.considered.is_empty());
+            assert!(d.explanation.contains("no tags"), "{}", d.explanation);
+        }
+    }
+
+    #[test]
+    fn unparsable_current_tag() {
+        for rule in [
+            RuleType::SemverMinor,
+            RuleType::SemverMajor,
+            RuleType::SemverPatch,
+        ] {
+            let err = evaluate(rule, None, "latest", &owned(NGINX));
+            assert_eq!(
+                err,
+                Err(RuleError::UnparsableCurrentTag {
+                    tag: "latest".into(),
+                    rule
+                })
+            );
+        }
+        let msg = evaluate(RuleType::SemverMinor, None, "latest", &[])
+            .map(|_| String::new())
+            .unwrap_or_else(|e| e.to_string());
+        assert_eq!(
+            msg,
+            "the current tag \"latest\" is not a semantic version (such as 1.2.3 or v1.2); semver-minor needs one"
+        );
+        let msg = evaluate(RuleType::CalverMajor, None, "1.2.3", &[])
+            .map(|_| String::new())
+            .unwrap_or_else(|e| e.to_string());
+        assert!(msg.contains("not a calendar version"), "{msg}");
+        assert!(msg.contains("calver-major needs one"), "{msg}");
+    }
+
+    #[test]
+    fn regex_rule_errors() {
+        let tags = owned(BUILDS);
+        assert_eq!(
+            evaluate(RuleType::Regex, None, "build-1", &tags),
+            Err(RuleError::MissingValue {
+                rule: RuleType::Regex
+            })
+        );
+        assert_eq!(
+            evaluate(RuleType::Regex, Some(""), "build-1", &tags),
+            Err(RuleError::MissingValue {
+                rule: RuleType::Regex
+            })
+        );
+        let err = evaluate(RuleType::Regex, Some(r"^(1\."), "1.0.0", &tags);
+        let msg = err.map(|_| String::new()).unwrap_or_else(|e| e.to_string());
+        assert_eq!(
+            msg,
+            r"invalid regex `^(1\.` in the rule's value: unclosed group"
+        );
+        let err = evaluate(RuleType::Regex, None, "x", &tags)
+            .map(|_| String::new())
+            .unwrap_or_else(|e| e.to_string());
+        assert_eq!(
+            err,
+            "regex needs a value: the regular expression that tags must match"
+        );
+    }
+
+    #[test]
+    fn regex_picks_highest_in_natural_order() {
+        let d = run(RuleType::Regex, Some("^build-"), "build-2", BUILDS);
+        assert_eq!(d.chosen.as_deref(), Some("build-11"));
+        assert_eq!(outcome(&d, "build-10"), Outcome::Eligible);
+        assert_eq!(outcome(&d, "build-1"), rejected("not newer than current"));
+        assert_eq!(outcome(&d, "main-12"), rejected("does not match regex"));
+        assert_eq!(outcome(&d, "build-2"), rejected("current tag"));
+        // Unanchored like Go's regexp.MatchString.
+        let d = run(RuleType::Regex, Some("ain-"), "main-3", BUILDS);
+        assert_eq!(d.chosen.as_deref(), Some("main-12"));
+    }
+
+    #[test]
+    fn regex_never_downgrades() {
+        let d = run(RuleType::Regex, Some("^build-"), "build-11", BUILDS);
+        assert_eq!(d.chosen, None);
+        let d = run(RuleType::Regex, Some(r"^1\.25\.\d+$"), "1.25.4", NGINX);
+        assert_eq!(d.chosen, None);
+        assert_eq!(outcome(&d, "1.25.3"), rejected("not newer than current"));
+        let d = run(
+            RuleType::Regex,
+            Some(r"^1\.2\d\.\d+-alpine$"),
+            "1.25.3-alpine",
+            NGINX,
+        );
+        assert_eq!(d.chosen.as_deref(), Some("1.27.0-alpine"));
+        // A version outranks any word, so a word current only moves to versions.
+        let d = run(RuleType::Regex, Some(r"^v\d"), "latest", TRAEFIK);
+        assert_eq!(d.chosen.as_deref(), Some("v3.1.2"));
+        let d = run(RuleType::Regex, Some("^stable|^1"), "1.25.3", NGINX);
+        assert_eq!(outcome(&d, "stable"), rejected("not newer than current"));
+        let d = run(RuleType::Regex, Some("nomatch"), "1.25.3", NGINX);
+        assert_eq!(d.chosen, None);
+    }
+
+    #[test]
+    fn regex_uses_versions_for_prereleases() {
+        let d = run(RuleType::Regex, Some(r"^v3\.0\.0"), "v3.0.0-rc1", TRAEFIK);
+        assert_eq!(d.chosen.as_deref(), Some("v3.0.0"));
+        assert_eq!(
+            outcome(&d, "v3.0.0-beta5"),
+            rejected("not newer than current")
+        );
+    }
+
+    #[test]
+    fn always_picks_the_highest_tag_without_flapping() {
+        assert_eq!(
+            pick(RuleType::Always, "build-11", BUILDS).as_deref(),
+            Some("pr-7")
+        );
+        // Already at the highest tag: nothing, rather than flapping to the second highest.
+        assert_eq!(pick(RuleType::Always, "v3.1.2", TRAEFIK), None);
+        assert_eq!(
+            pick(RuleType::Always, "anything", TRAEFIK).as_deref(),
+            Some("v3.1.2")
+        );
+        assert_eq!(pick(RuleType::Always, "only", &["only"]), None);
+    }
+
+    #[test]
+    fn digest_rule() {
+        assert_eq!(
+            evaluate(RuleType::Digest, None, "1.0", &owned(NGINX)),
+            Err(RuleError::DigestNeedsRegistry)
+        );
+        assert!(!digest_changed(None, "sha256:a"));
+        assert!(!digest_changed(Some("sha256:a"), "sha256:a"));
+        assert!(digest_changed(Some("sha256:a"), "sha256:b"));
+    }
+
+    #[test]
+    fn calver_ubuntu() {
+        assert_eq!(
+            pick(RuleType::CalverMajor, "22.04", UBUNTU).as_deref(),
+            Some("24.10")
+        );
+        assert_eq!(
+            pick(RuleType::CalverMinor, "22.04", UBUNTU).as_deref(),
+            Some("22.10")
+        );
+        assert_eq!(pick(RuleType::CalverPatch, "22.04", UBUNTU), None);
+        assert_eq!(pick(RuleType::CalverMinor, "24.10", UBUNTU), None);
+        let d = run(RuleType::CalverMajor, None, "22.04", UBUNTU);
+        assert_eq!(outcome(&d, "20.04"), rejected("not newer than current"));
+        assert_eq!(outcome(&d, "noble"), rejected("unparsable"));
+        assert_eq!(outcome(&d, "noble-20240530"), rejected("unparsable"));
+    }
+
+    #[test]
+    fn calver_dates() {
+        assert_eq!(
+            pick(RuleType::CalverMajor, "2024.11.05", CALVER).as_deref(),
+            Some("2025.01.15")
+        );
+        assert_eq!(
+            pick(RuleType::CalverMinor, "2024.11.05", CALVER).as_deref(),
+            Some("2024.12.01")
+        );
+        assert_eq!(
+            pick(RuleType::CalverPatch, "2024.11.05", CALVER).as_deref(),
+            Some("2024.11.20")
+        );
+        assert_eq!(
+            pick(RuleType::CalverPatch, "2024.12.01-alpine", CALVER),
+            None
+        );
+        let d = run(RuleType::CalverMajor, None, "2024.11.05", CALVER);
+        assert_eq!(
+            outcome(&d, "2025.02.01-rc1"),
+            rejected("pre-release (calver-major takes releases only)")
+        );
+        assert_eq!(
+            outcome(&d, "2025"),
+            rejected("format YYYY != current format YYYY.MM.DD")
+        );
+        assert_eq!(
+            outcome(&d, "2024.12.01-alpine"),
+            rejected("variant alpine != current variant (none)")
+        );
+        let d = run(RuleType::CalverPatch, None, "2024.11.05", CALVER);
+        assert_eq!(outcome(&d, "2024.12.01"), rejected("different month"));
+        assert_eq!(outcome(&d, "2025.01.15"), rejected("different year"));
+    }
+
+    #[test]
+    fn calver_month_precision_and_prefix_spellings() {
+        assert_eq!(
+            pick(RuleType::CalverMajor, "2023.1", CALVER).as_deref(),
+            Some("2024.03")
+        );
+        assert_eq!(
+            pick(RuleType::CalverMajor, "v2023.1", CALVER).as_deref(),
+            Some("v2024.3")
+        );
+        assert_eq!(
+            pick(RuleType::CalverMinor, "2023.1", CALVER).as_deref(),
+            Some("2023.12")
+        );
+        assert_eq!(pick(RuleType::CalverMajor, "2024.3", CALVER), None);
+        assert_eq!(
+            pick(RuleType::CalverMajor, "2024", CALVER).as_deref(),
+            Some("2025")
+        );
+    }
+
+    #[test]
+    fn calver_prerelease_stays_on_its_date() {
+        assert_eq!(
+            pick(RuleType::CalverPrerelease, "2024.11.05-rc1", CALVER).as_deref(),
+            Some("2024.11.05")
+        );
+        let no_final: Vec<&str> = CALVER
+            .iter()
+            .copied()
+            .filter(|t| *t != "2024.11.05")
+            .collect();
+        assert_eq!(
+            pick(RuleType::CalverPrerelease, "2024.11.05-rc1", &no_final).as_deref(),
+            Some("2024.11.05-rc2")
+        );
+        assert_eq!(pick(RuleType::CalverPrerelease, "2024.11.05", CALVER), None);
+        let d = run(RuleType::CalverPrerelease, None, "2024.11.05-rc1", CALVER);
+        assert_eq!(outcome(&d, "2024.11.06-rc1"), rejected("different date"));
+        // The release-only rules skip pre-releases even from a pre-release current.
+        assert_eq!(
+            pick(RuleType::CalverPatch, "2024.11.05-rc1", CALVER).as_deref(),
+            Some("2024.11.20")
+        );
+    }
+
+    #[test]
+    fn calver_unparsable_current() {
+        for current in ["latest", "1.2.3", "2024.13.01", "noble"] {
+            assert_eq!(
+                evaluate(RuleType::CalverMinor, None, current, &owned(CALVER)),
+                Err(RuleError::UnparsableCurrentTag {
+                    tag: current.into(),
+                    rule: RuleType::CalverMinor
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn considered_is_sorted_and_deduplicated() {
+        let list = [
+            "1.2.4", "x", "1.2.10", "1.2.4", "a", "1.2.9", "2.0.0", "1.2.10",
+        ];
+        let d = run(RuleType::SemverPatch, None, "1.2.3", &list);
+        let tags: Vec<&str> = d.considered.iter().map(|c| c.tag.as_str()).collect();
+        assert_eq!(tags, ["1.2.10", "1.2.9", "1.2.4", "2.0.0", "x", "a"]);
+        assert_eq!(outcome(&d, "2.0.0"), rejected("different major"));
+        assert!(
+            d.explanation.contains("best of 3 eligible tags"),
+            "{}",
+            d.explanation
+        );
+        let d = run(RuleType::SemverPatch, None, "1.2.3", &["1.0.0", "2.0.0"]);
+        assert!(
+            d.explanation.contains("none of 2 tags qualifies"),
+            "{}",
+            d.explanation
+        );
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        const LISTS: &[&[&str]] = &[
+            NGINX, POSTGRES, TRAEFIK, REDIS, GOLANG, UBUNTU, CALVER, BUILDS,
+        ];
+
+        fn currents(list: usize) -> &'static [&'static str] {
+            match list {
+                0 => &["1.25.3", "1.25.3-alpine", "1.25", "1", "mainline"],
+                1 => &["16.1", "16-alpine", "17beta1"],
+                2 => &["v2.10.7", "v3.0.0-rc1", "v3", "latest"],
+                3 => &["7.2.3", "7.4-rc1", "6.2.14-alpine"],
+                4 => &["1.21.6-alpine3.19", "1.22rc2-alpine3.19"],
+                5 => &["22.04", "20.04", "jammy"],
+                6 => &["2024.11.05", "2024.11.05-rc1", "2023.1", "v2024.3"],
+                _ => &["build-2", "main-3", "0.1.0"],
+            }
+        }
+
+        fn values(rule: RuleType) -> &'static [Option<&'static str>] {
+            match rule {
+                RuleType::Regex => &[Some(r"^\d"), Some("alpine"), Some("^(build|v)"), Some(".")],
+                RuleType::SemverMajor | RuleType::SemverMinor | RuleType::SemverPatch => {
+                    &[None, Some("<17"), Some(">=1.22, <2")]
+                }
+                _ => &[None],
+            }
+        }
+
+        /// A list, and the same list shuffled with some tags repeated.
+        fn shuffled() -> impl Strategy<Value = (usize, Vec<String>)> {
+            (0..LISTS.len()).prop_flat_map(|i| {
+                let base = owned(LISTS[i]);
+                let n = base.len();
+                prop::collection::vec(0..n, 0..12).prop_flat_map(move |dups| {
+                    let mut tags = base.clone();
+                    tags.extend(dups.iter().map(|&d| base[d].clone()));
+                    (Just(i), Just(tags).prop_shuffle())
+                })
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn result_does_not_depend_on_tag_order((list, tags) in shuffled()) {
+                let base = owned(LISTS[list]);
+                for rule in RuleType::ALL {
+                    for &value in values(rule) {
+                        for &current in currents(list) {
+                            let expected = evaluate(rule, value, current, &base);
+                            let got = evaluate(rule, value, current, &tags);
+                            prop_assert_eq!(&got, &expected, "{} {:?} from {}", rule, value, current);
+                            if let Ok(d) = got {
+                                prop_assert_eq!(d.considered.len(), base.len());
+                                prop_assert!(d.chosen.as_deref() != Some(current));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Local demo: starts two clusters and the registries on loopback, writes their kubeconfigs to
+//! `kubeconfigs/local/`, creates a demo app in each cluster and runs kimup against them, printing
+//! what kimup does as new tags are pushed. Stops on Ctrl-C, or after `--seconds N`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Namespace;
+use kimup_testenv::process::Process;
+use kimup_testenv::{TestEnv, binaries::repo_root, target_dir};
+use kube::api::{Api, DynamicObject, GroupVersionKind, PostParams};
+use kube::discovery::ApiResource;
+
+struct Args {
+    clusters: usize,
+    seconds: Option<u64>,
+    kimup: PathBuf,
+}
+
+fn args() -> Result<Args> {
+    let mut out = Args {
+        clusters: 2,
+        seconds: None,
+        kimup: target_dir().join("debug/kimup"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--clusters" => out.clusters = it.next().context("--clusters N")?.parse()?,
+            "--seconds" => out.seconds = Some(it.next().context("--seconds N")?.parse()?),
+            "--kimup" => out.kimup = PathBuf::from(it.next().context("--kimup PATH")?),
+            "-h" | "--help" => {
+                println!("kimup-localenv [--clusters N] [--seconds N] [--kimup PATH]");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (see --help)"),
+        }
+    }
+    if !out.kimup.exists() {
+        bail!("{} not found: run `cargo build` first", out.kimup.display());
+    }
+    Ok(out)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = args()?;
+    kimup_testenv::install_crypto_provider();
+    println!(
+        "starting {} clusters, etcd and two registries on loopback ...",
+        args.clusters
+    );
+    let env = TestEnv::builder()
+        .name("localenv")
+        .clusters(args.clusters)
+        .registries()
+        .kimup_crds()
+        .start()
+        .await?;
+    let kc_dir = repo_root().join("kubeconfigs/local");
+    let _ = std::fs::remove_dir_all(&kc_dir);
+    let files = env.write_kubeconfigs(&kc_dir)?;
+    for (c, f) in env.clusters.iter().zip(&files) {
+        let v = c.client().await?.apiserver_version().await?;
+        println!(
+            "  {} {} at {} (kubeconfig {})",
+            c.name,
+            v.git_version,
+            c.url,
+            f.display()
+        );
+    }
+    let reg = env.plain_registry();
+    reg.push_tags("demo/web", &["1.0.0", "1.0.1", "1.1.0", "2.0.0"])
+        .await?;
+    let image = format!("{}/demo/web", reg.host);
+    println!(
+        "  registry {} with demo/web tags 1.0.0 1.0.1 1.1.0 2.0.0",
+        reg.base_url()
+    );
+
+    for c in &env.clusters {
+        let client = c.client().await?;
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "demo", "annotations": {"kimup.cloudavenue.io/enabled": "true"}}
+        }))?;
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await?;
+        let deploy: Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": format!("{image}:1.0.0")}]}
+            }}
+        }))?;
+        Api::<Deployment>::namespaced(client.clone(), "demo")
+            .create(&PostParams::default(), &deploy)
+            .await?;
+        let ar = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("kimup.cloudavenue.io", "v1alpha1", "Image"),
+            "images",
+        );
+        let mut img = DynamicObject::new("web", &ar);
+        img.data = serde_json::json!({"spec": {
+            "image": image, "baseTag": "1.0.0",
+            "triggers": [{"type": "crontab", "value": "*/5 * * * * *"}],
+            "rules": [{"name": "minor-updates", "type": "semver-minor", "actions": [{"type": "apply"}]}]
+        }});
+        Api::<DynamicObject>::namespaced_with(client, "demo", &ar)
+            .create(&PostParams::default(), &img)
+            .await?;
+    }
+    println!(
+        "  created namespace demo, Deployment web ({image}:1.0.0) and Image web (semver-minor, every 5 s) in each cluster\n"
+    );
+
+    let mut kimups = Vec::new();
+    for (c, f) in env.clusters.iter().zip(&files) {
+        let log_args = vec![
+            "run".to_string(),
+            format!("--kubeconfig={}", f.display()),
+            "--listen-addr=127.0.0.1:0".to_string(),
+            format!("--insecure-registry={}", reg.host),
+        ];
+        kimups.push(Process::spawn(
+            &format!("kimup-{}", c.name),
+            &args.kimup,
+            &log_args,
+            &env.log_dir(),
+        )?);
+    }
+    println!(
+        "kimup running (logs in {}); Ctrl-C to stop\n",
+        env.log_dir().display()
+    );
+
+    let started = Instant::now();
+    let mut pushed = false;
+    loop {
+        for c in &env.clusters {
+            let client = c.client().await?;
+            let ar = ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk("kimup.cloudavenue.io", "v1alpha1", "Image"),
+                "images",
+            );
+            let img = Api::<DynamicObject>::namespaced_with(client.clone(), "demo", &ar)
+                .get("web")
+                .await?;
+            let d = Api::<Deployment>::namespaced(client, "demo")
+                .get("web")
+                .await?;
+            let running = d
+                .spec
+                .and_then(|s| s.template.spec)
+                .and_then(|s| s.containers.first().and_then(|c| c.image.clone()))
+                .unwrap_or_default();
+            println!(
+                "[{:>3}s] {}: Image web tag={} result={} | Deployment web image={}",
+                started.elapsed().as_secs(),
+                c.name,
+                img.data["status"]["tag"].as_str().unwrap_or("-"),
+                img.data["status"]["result"].as_str().unwrap_or("-"),
+                running
+            );
+        }
+        if !pushed && started.elapsed() > Duration::from_secs(12) {
+            reg.push_tags("demo/web", &["1.2.0"]).await?;
+            println!("--- pushed demo/web:1.2.0; kimup picks it up at the next crontab tick ---");
+            pushed = true;
+        }
+        if args
+            .seconds
+            .is_some_and(|s| started.elapsed() > Duration::from_secs(s))
+        {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tokio::time::sleep(Duration::from_secs(3)) => {}
+        }
+    }
+    drop(kimups);
+    println!(
+        "stopped; kubeconfigs stay in {} until the next run",
+        kc_dir.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! Alert receivers on loopback: an HTTP server recording POSTs and an SMTP server (aiosmtpd).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+
+use crate::process::{Process, free_port, wait_until};
+
+/// One request the HTTP sink received.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// Path after the host, e.g. `/discord`.
+    pub path: String,
+    /// Request headers.
+    pub headers: HeaderMap,
+    /// JSON body.
+    pub body: serde_json::Value,
+}
+
+/// An HTTP server on 127.0.0.1 recording every POST. Paths under `/fail/` answer 500.
+pub struct HttpSink {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    received: Arc<Mutex<Vec<Received>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpSink {
+    /// Starts the sink on the current runtime.
+    pub async fn start() -> Result<Self> {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let app = Router::new()
+            .route("/{*path}", post(record))
+            .with_state(received.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self {
+            url,
+            received,
+            task,
+        })
+    }
+
+    /// Requests received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Requests received on `path`.
+    pub fn received_on(&self, path: &str) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect()
+    }
+}
+
+impl Drop for HttpSink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn record(
+    State(received): State<Arc<Mutex<Vec<Received>>>>,
+    UrlPath(path): UrlPath<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let body = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into()));
+    let path = format!("/{path}");
+    let fail = path.starts_with("/fail/");
+    if let Ok(mut r) = received.lock() {
+        r.push(Received {
+            path,
+            headers,
+            body,
+        });
+    }
+    if fail {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::NO_CONTENT
+    }
+}
+
+/// A real SMTP server (Python's aiosmtpd) storing each message in a Maildir.
+pub struct SmtpServer {
+    /// Port on 127.0.0.1.
+    pub port: u16,
+    maildir: PathBuf,
+    _process: Process,
+}
+
+impl SmtpServer {
+    /// Starts aiosmtpd with the Mailbox handler.
+    pub async fn start(dir: &Path, log_dir: &Path) -> Result<Self> {
+        let port = free_port()?;
+        let maildir = dir.join(format!("maildir-{port}"));
+        let python = crate::binaries::python()?;
+        let args = vec![
+            "-m".to_string(),
+            "aiosmtpd".to_string(),
+            "-n".to_string(),
+            "-l".to_string(),
+            format!("127.0.0.1:{port}"),
+            "-c".to_string(),
+            "aiosmtpd.handlers.Mailbox".to_string(),
+            maildir.display().to_string(),
+        ];
+        let mut process = Process::spawn(&format!("smtp-{port}"), &python, &args, log_dir)?;
+        wait_until("aiosmtpd listening", Duration::from_secs(20), || {
+            let running = process.check_running();
+            async move {
+                running?;
+                Ok(tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok())
+            }
+        })
+        .await
+        .context("starting aiosmtpd (pip install aiosmtpd)")?;
+        Ok(Self {
+            port,
+            maildir,
+            _process: process,
+        })
+    }
+
+    /// Raw messages delivered so far.
+    pub fn messages(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for sub in ["new", "cur"] {
+            if let Ok(rd) = std::fs::read_dir(self.maildir.join(sub)) {
+                for e in rd.flatten() {
+                    if let Ok(text) = std::fs::read_to_string(e.path()) {
+                        out.push(text);
+                    }
+                }
+            }
+        }
+        out
+    }
+}

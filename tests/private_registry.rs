@@ -1,0 +1,163 @@
+//! A private registry over TLS with basic auth, through imagePullSecrets: the right password
+//! syncs; a wrong password and an untrusted self-signed certificate give RegistryError with a
+//! clear message; insecureSkipTLSVerify reaches it without the CA.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use kimup::api::SyncResult;
+
+fn image(name: &str, host: &str, repo: &str, secret: &str, insecure: bool) -> String {
+    format!(
+        r#"
+apiVersion: kimup.cloudavenue.io/v1alpha1
+kind: Image
+metadata: {{name: {name}}}
+spec:
+  image: {host}/{repo}
+  baseTag: "1.0.0"
+  insecureSkipTLSVerify: {insecure}
+  imagePullSecrets: [{{name: {secret}}}]
+  triggers: [{{type: crontab, value: "@hourly"}}]
+  rules: [{{name: minor, type: semver-minor, actions: [{{type: apply}}]}}]
+"#
+    )
+}
+
+#[tokio::test]
+async fn basic_auth_through_pull_secrets_over_tls() {
+    let env = env();
+    let cluster = &env.clusters[0];
+    let client = cluster.client().await.expect("client");
+    let ns = env.namespace(0, "private").await.expect("namespace");
+    let reg = env.tls_registry();
+    reg.push_tags("private/app", &["1.0.0", "1.0.1", "1.4.0"])
+        .await
+        .expect("push");
+    let auth = reg.auth.as_ref().expect("auth");
+    create_secret(
+        &client,
+        &ns,
+        &pull_secret("good-creds", &reg.host, &auth.username, &auth.password),
+    )
+    .await;
+    create_secret(
+        &client,
+        &ns,
+        &pull_secret("bad-creds", &reg.host, &auth.username, "wrong"),
+    )
+    .await;
+    let kimup = start_kimup(env, cluster, &ns, &[]);
+    create_image(
+        &client,
+        &ns,
+        &image("good", &reg.host, "private/app", "good-creds", false),
+    )
+    .await;
+    create_image(
+        &client,
+        &ns,
+        &image(
+            "wrong-password",
+            &reg.host,
+            "private/app",
+            "bad-creds",
+            false,
+        ),
+    )
+    .await;
+
+    let good = wait_status(&client, &ns, "good", Duration::from_secs(60), &kimup, |s| {
+        s.result.is_some()
+    })
+    .await;
+    assert_eq!(good.result, Some(SyncResult::Success), "{:?}", good.message);
+    assert_eq!(good.tag.as_deref(), Some("1.4.0"));
+
+    let bad = wait_status(
+        &client,
+        &ns,
+        "wrong-password",
+        Duration::from_secs(60),
+        &kimup,
+        |s| s.result.is_some(),
+    )
+    .await;
+    assert_eq!(bad.result, Some(SyncResult::RegistryError));
+    let msg = bad.message.unwrap_or_default();
+    assert!(msg.contains("refused the credentials (401)"), "{msg}");
+    assert!(
+        !msg.contains("wrong"),
+        "the password never appears in status: {msg}"
+    );
+}
+
+#[tokio::test]
+async fn self_signed_certificate_needs_trust_or_insecure_skip() {
+    let env = env();
+    let cluster = &env.clusters[0];
+    let client = cluster.client().await.expect("client");
+    let ns = env.namespace(0, "selfsigned").await.expect("namespace");
+    let reg = env.tls_registry();
+    reg.push_tags("private/selfsigned", &["1.0.0", "1.2.0"])
+        .await
+        .expect("push");
+    let auth = reg.auth.as_ref().expect("auth");
+    create_secret(
+        &client,
+        &ns,
+        &pull_secret("creds", &reg.host, &auth.username, &auth.password),
+    )
+    .await;
+    // This kimup does not trust the registry's CA.
+    let kimup = start_kimup_with(env, cluster, &ns, false, &[]);
+    create_image(
+        &client,
+        &ns,
+        &image("verified", &reg.host, "private/selfsigned", "creds", false),
+    )
+    .await;
+    create_image(
+        &client,
+        &ns,
+        &image(
+            "skip-verify",
+            &reg.host,
+            "private/selfsigned",
+            "creds",
+            true,
+        ),
+    )
+    .await;
+
+    let verified = wait_status(
+        &client,
+        &ns,
+        "verified",
+        Duration::from_secs(60),
+        &kimup,
+        |s| s.result.is_some(),
+    )
+    .await;
+    assert_eq!(verified.result, Some(SyncResult::RegistryError));
+    let msg = verified.message.unwrap_or_default();
+    assert!(msg.contains("TLS"), "{msg}");
+    assert!(
+        msg.contains("insecureSkipTLSVerify"),
+        "the message says how to fix it: {msg}"
+    );
+
+    let skip = wait_status(
+        &client,
+        &ns,
+        "skip-verify",
+        Duration::from_secs(60),
+        &kimup,
+        |s| s.result.is_some(),
+    )
+    .await;
+    assert_eq!(skip.result, Some(SyncResult::Success), "{:?}", skip.message);
+    assert_eq!(skip.tag.as_deref(), Some("1.2.0"));
+}

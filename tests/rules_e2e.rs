@@ -1,0 +1,228 @@
+//! Every rule type end to end: tags pushed to a real registry, an Image created in a real API
+//! server, kimup running as a process; status.tag and the Deployment's images must follow.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const SEMVER_TAGS: &[&str] = &[
+    "1.2.3",
+    "1.2.4",
+    "1.3.0",
+    "1.3.1",
+    "1.10.0",
+    "2.0.0",
+    "2.1.0",
+    "3.0.0-rc1",
+    "1.2.5-alpine",
+];
+const CALVER_TAGS: &[&str] = &[
+    "2023.01.01",
+    "2024.02.01",
+    "2024.02.10",
+    "2024.03.01",
+    "2025.01.01",
+    "2025.02.01-rc1",
+];
+
+async fn rule_case(
+    case: &str,
+    rule: &str,
+    value: Option<&str>,
+    base: &str,
+    tags: &[&str],
+    expected: &str,
+) {
+    let env = env();
+    let cluster = &env.clusters[0];
+    let client = cluster.client().await.expect("client");
+    let ns = env.namespace(0, case).await.expect("namespace");
+    let repo = format!("rules/{case}");
+    let reg = env.plain_registry();
+    reg.push_tags(&repo, tags).await.expect("push");
+    let image_ref = format!("{}/{repo}", reg.host);
+    create_deployment(
+        &client,
+        &ns,
+        &deployment("app", &format!("{image_ref}:{base}"), true),
+    )
+    .await;
+    create_deployment(
+        &client,
+        &ns,
+        &deployment("not-opted", &format!("{image_ref}:{base}"), false),
+    )
+    .await;
+    let value_line = value
+        .map(|v| format!("\n      value: '{v}'"))
+        .unwrap_or_default();
+    let kimup = start_kimup(env, cluster, &ns, &[]);
+    create_image(
+        &client,
+        &ns,
+        &format!(
+            r#"
+apiVersion: kimup.cloudavenue.io/v1alpha1
+kind: Image
+metadata: {{name: app}}
+spec:
+  image: {image_ref}
+  baseTag: "{base}"
+  triggers: [{{type: crontab, value: "0 0 */6 * * *"}}]
+  rules:
+    - name: {case}
+      type: {rule}{value_line}
+      actions: [{{type: apply}}]
+"#
+        ),
+    )
+    .await;
+    let status = wait_status(&client, &ns, "app", Duration::from_secs(60), &kimup, |s| {
+        s.result.is_some()
+    })
+    .await;
+    assert_eq!(
+        status.result.map(|r| r.as_str()),
+        Some("Success"),
+        "{case}: {:?}",
+        status.message
+    );
+    assert_eq!(
+        status.tag.as_deref(),
+        Some(expected),
+        "{case}: {:?}",
+        status.message
+    );
+    let (containers, inits) = deployment_images(&client, &ns, "app").await;
+    let want = format!("{image_ref}:{expected}");
+    assert_eq!(
+        containers,
+        vec![want.clone(), "busybox:1.36".to_string()],
+        "{case}"
+    );
+    assert_eq!(inits, vec![want], "{case}: init containers follow too");
+    let (untouched, _) = deployment_images(&client, &ns, "not-opted").await;
+    assert_eq!(
+        untouched[0],
+        format!("{image_ref}:{base}"),
+        "{case}: no opt-in, no change"
+    );
+    assert!(
+        event_reasons(&client, &ns, "app")
+            .await
+            .contains(&"NewTag".to_string())
+    );
+}
+
+#[tokio::test]
+async fn semver_major() {
+    rule_case(
+        "semver-major",
+        "semver-major",
+        None,
+        "1.2.3",
+        SEMVER_TAGS,
+        "2.1.0",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn semver_minor_orders_numerically() {
+    // kimup (Go) chose 1.3.1 here: string order puts 1.10.0 below 1.3.1.
+    rule_case(
+        "semver-minor",
+        "semver-minor",
+        None,
+        "1.2.3",
+        SEMVER_TAGS,
+        "1.10.0",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn semver_patch_skips_variants() {
+    rule_case(
+        "semver-patch",
+        "semver-patch",
+        None,
+        "1.2.3",
+        SEMVER_TAGS,
+        "1.2.4",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn calver_major() {
+    rule_case(
+        "calver-major",
+        "calver-major",
+        None,
+        "2024.02.01",
+        CALVER_TAGS,
+        "2025.01.01",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn calver_minor() {
+    rule_case(
+        "calver-minor",
+        "calver-minor",
+        None,
+        "2024.02.01",
+        CALVER_TAGS,
+        "2024.03.01",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn calver_patch() {
+    rule_case(
+        "calver-patch",
+        "calver-patch",
+        None,
+        "2024.02.01",
+        CALVER_TAGS,
+        "2024.02.10",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn regex() {
+    rule_case(
+        "regex",
+        "regex",
+        Some(r"^1\.2\.\d+-dev\d+$"),
+        "1.2.3",
+        &[
+            "1.2.3",
+            "1.2.4-dev1",
+            "1.2.4-dev2",
+            "1.2.10-dev1",
+            "2.0.0-dev1",
+        ],
+        "1.2.10-dev1",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn always() {
+    rule_case(
+        "always",
+        "always",
+        None,
+        "1.0.0",
+        &["1.0.0", "1.1.0", "0.9.0"],
+        "1.1.0",
+    )
+    .await;
+}
