@@ -246,7 +246,11 @@ async fn supervise(
         let mut desired = if only_in_cluster {
             BTreeMap::new()
         } else {
-            clusters::scan(&args.kubeconfig_dirs, &args.kubeconfigs, args.allow_exec_auth)
+            clusters::scan(
+                &args.kubeconfig_dirs,
+                &args.kubeconfigs,
+                args.allow_exec_auth,
+            )
         };
         if let Some(ctx) = &args.context {
             desired.retain(|_, m| m.source.as_ref().map(|(_, c)| c == ctx).unwrap_or(true));

@@ -58,8 +58,8 @@ pub fn otlp_requested() -> bool {
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set. Export is independent of the
 /// log filter: syncs are traced even when logs are quiet.
 pub fn init(format: LogFormat, level: &str) -> Result<TelemetryGuard, TelemetryError> {
-    let filter =
-        EnvFilter::try_new(level).map_err(|e| TelemetryError::Filter(level.into(), e.to_string()))?;
+    let filter = EnvFilter::try_new(level)
+        .map_err(|e| TelemetryError::Filter(level.into(), e.to_string()))?;
     let logs = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()

@@ -162,7 +162,11 @@ async fn schema_rejects_bad_specs() {
 }
 
 /// The first path of `sent` that `stored` lacks or holds with another value (defaults may add).
-fn first_missing(sent: &serde_json::Value, stored: &serde_json::Value, path: &str) -> Option<String> {
+fn first_missing(
+    sent: &serde_json::Value,
+    stored: &serde_json::Value,
+    path: &str,
+) -> Option<String> {
     use serde_json::Value;
     match (sent, stored) {
         (Value::Object(a), Value::Object(b)) => a.iter().find_map(|(k, v)| match b.get(k) {
@@ -184,7 +188,10 @@ fn first_missing(sent: &serde_json::Value, stored: &serde_json::Value, path: &st
 fn first_missing_finds_pruned_fields() {
     let sent = serde_json::json!({"a": 1, "b": {"c": [1, {"d": true}]}});
     let pruned = serde_json::json!({"a": 1, "b": {"c": [1, {}]}, "extra": "default"});
-    assert_eq!(first_missing(&sent, &pruned, "spec").as_deref(), Some("spec.b.c[1].d"));
+    assert_eq!(
+        first_missing(&sent, &pruned, "spec").as_deref(),
+        Some("spec.b.c[1].d")
+    );
     let kept = serde_json::json!({"a": 1, "b": {"c": [1, {"d": true}]}, "extra": 0});
     assert_eq!(first_missing(&sent, &kept, "spec"), None);
 }

@@ -177,7 +177,14 @@ async fn only_the_leader_acts_and_failover_is_quick() {
 
     // SIGTERM of the leader: it releases the lease, C takes over within 3 s.
     let c = replica(&env, "kimup-c", &dir, &ns);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Half a retry period off C's attempt rhythm, so the hand-over is not measured on a lucky tick.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        metric(c.port, "kimup_leader").await,
+        Some(0.0),
+        "C waits while B leads"
+    );
+    assert_eq!(metric(b.port, "kimup_leader").await, Some(1.0));
     let mut b = b;
     let termed = Instant::now();
     b.kimup.process.stop(Duration::from_secs(10));

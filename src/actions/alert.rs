@@ -257,6 +257,15 @@ pub async fn prepare(
     match action {
         ActionType::AlertDiscord => {
             let d = spec.discord.as_ref().ok_or_else(|| no_section("discord"))?;
+            if d.template_file.is_some() {
+                return Err(AlertError::Invalid {
+                    name: name.clone(),
+                    reason:
+                        "discord.templateFile is not supported (kimup does not read files named by \
+                             resources); put the template in discord.templateBody"
+                            .into(),
+                });
+            }
             let url = required(
                 "discord.webhookURL",
                 values

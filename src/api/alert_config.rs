@@ -48,6 +48,10 @@ pub struct DiscordSpec {
     /// Message template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template_body: Option<String>,
+    /// kimup's documented path to a template file. Not supported: a central controller must not
+    /// read files named by users; an alert using it fails with a message asking for templateBody.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_file: Option<String>,
 }
 
 /// Slack settings.

@@ -4,7 +4,7 @@
 //! `Link` header (registries that cap pages would be truncated), turns 429 into an opaque error
 //! (so Retry-After cannot be honoured) and keys credentials by host only.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -167,7 +167,7 @@ impl RegistryClient {
             "{base}/v2/{}/tags/list?n={}",
             image.repository, self.settings.page_size
         );
-        let mut all: Vec<String> = Vec::new();
+        let mut all: BTreeSet<String> = BTreeSet::new();
         for _ in 0..self.settings.max_pages {
             let resp = self.get(image, credential, tls, &url, None, "tags").await?;
             let link = next_link(resp.headers());
@@ -183,11 +183,15 @@ impl RegistryClient {
             let tags = page.tags.unwrap_or_default();
             let n = tags.len();
             let last = tags.last().cloned();
+            let before = all.len();
             all.extend(tags);
-            match (link, last) {
-                (Some(next), _) => url = resolve_link(&base, &next),
-                // Some registries cap the page without a Link header: ask again after the last tag.
-                (None, Some(last)) if n >= self.settings.page_size => {
+            // A page that adds nothing means the registry is not paginating (or loops): stop.
+            if all.len() == before {
+                return Ok(all.into_iter().collect());
+            }
+            match next_page(link, last, n, self.settings.page_size) {
+                NextPage::Link(next) => url = resolve_link(&base, &next),
+                NextPage::After(last) => {
                     url = format!(
                         "{base}/v2/{}/tags/list?n={}&last={}",
                         image.repository,
@@ -195,16 +199,12 @@ impl RegistryClient {
                         urlencode(&last)
                     )
                 }
-                _ => {
-                    all.sort();
-                    all.dedup();
-                    return Ok(all);
-                }
+                NextPage::Done => return Ok(all.into_iter().collect()),
             }
         }
         Err(RegistryError::InvalidTagList {
             repository: image.repository_key(),
-            reason: format!("more than {} pages", self.settings.max_pages),
+            reason: format!("more than {} pages of tags", self.settings.max_pages),
         })
     }
 
@@ -483,6 +483,28 @@ fn registry_error_message(body: &str) -> String {
     body.chars().take(200).collect()
 }
 
+/// What to fetch after a page of tags (pure).
+#[derive(Debug, PartialEq, Eq)]
+pub enum NextPage {
+    /// Follow the `Link: <...>; rel="next"` target.
+    Link(String),
+    /// No Link, but a full page: ask for the tags after this one (`n`/`last`).
+    After(String),
+    /// The listing is complete.
+    Done,
+}
+
+/// Decides the next request from a page: its Link header, its last tag, its size and the page
+/// size asked for. A page larger than asked means the registry ignores `n` and sent everything
+/// (Debian's distribution 2.8 does), so there is nothing more to ask.
+pub fn next_page(link: Option<String>, last: Option<String>, got: usize, asked: usize) -> NextPage {
+    match (link, last) {
+        (Some(next), _) => NextPage::Link(next),
+        (None, Some(last)) if got == asked => NextPage::After(last),
+        _ => NextPage::Done,
+    }
+}
+
 /// Parses `WWW-Authenticate: Bearer realm="...",service="...",scope="..."`.
 pub fn bearer_challenge(headers: &HeaderMap) -> Option<HashMap<String, String>> {
     let value = headers.get(WWW_AUTHENTICATE)?.to_str().ok()?;
@@ -579,6 +601,29 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(name, HeaderValue::from_str(v).expect("header"));
         h
+    }
+
+    #[test]
+    fn decides_the_next_page() {
+        assert_eq!(
+            next_page(Some("/v2/x?last=b".into()), Some("b".into()), 2, 2),
+            NextPage::Link("/v2/x?last=b".into())
+        );
+        assert_eq!(
+            next_page(None, Some("b".into()), 2, 2),
+            NextPage::After("b".into())
+        );
+        assert_eq!(
+            next_page(None, Some("b".into()), 1, 2),
+            NextPage::Done,
+            "short page: end"
+        );
+        assert_eq!(
+            next_page(None, Some("e".into()), 5, 2),
+            NextPage::Done,
+            "n ignored: all sent"
+        );
+        assert_eq!(next_page(None, None, 0, 2), NextPage::Done);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Cron schedule parsing and next-fire-time computation, always in UTC.
 //!
 //! Accepted forms:
-//! - Quartz style (what kimup's Go original accepts through go-quartz), 6 or 7 fields:
-//!   `sec min hour day-of-month month day-of-week [year]`, with day-of-week `1-7` = `SUN-SAT`.
+//! - Quartz style (kimup's format), 6 or 7 fields: `sec min hour day-of-month month day-of-week
+//!   [year]`, with day-of-week numbered as kimup's documentation says, `0-6` = `SUN-SAT` (and 7 =
+//!   Sunday), not go-quartz's `1-7`, which made kimup (Go) fire a day early.
 //! - Standard 5-field cron: `min hour day-of-month month day-of-week`, with day-of-week `0-7`
 //!   where both `0` and `7` are Sunday. Seconds are fixed at `0`.
 //! - Macros: `@yearly`, `@annually`, `@monthly`, `@weekly`, `@daily`, `@midnight`, `@hourly`.
@@ -211,13 +212,6 @@ const MONTH: FieldSpec = FieldSpec {
     min: 1,
     max: 12,
     names: MONTH_NAMES,
-    name_base: 1,
-};
-const DOW_QUARTZ: FieldSpec = FieldSpec {
-    name: "day-of-week",
-    min: 1,
-    max: 7,
-    names: DAY_NAMES,
     name_base: 1,
 };
 const DOW_STANDARD: FieldSpec = FieldSpec {
@@ -565,7 +559,10 @@ fn parse_fields(expr: &str, fields: &[&str], dialect: Dialect) -> Result<Schedul
     };
     let dow_spec = match dialect {
         Dialect::Standard => &DOW_STANDARD,
-        Dialect::Quartz => &DOW_QUARTZ,
+        // kimup's documentation numbers the 6-field day-of-week 0-6 from Sunday ("`00 00 00 * * 1`
+        // triggers every Monday"); go-quartz read 1 as Sunday, firing a day early. The documented
+        // meaning wins, so both dialects share standard numbering (0 and 7 = Sunday).
+        Dialect::Quartz => &DOW_STANDARD,
     };
     let days = parse_days(dom).map_err(|p| p.into_error(expr, DAY_OF_MONTH.name))?;
     let weekdays = parse_weekdays(dow, dow_spec).map_err(|p| p.into_error(expr, dow_spec.name))?;
@@ -636,12 +633,8 @@ fn parse_weekdays(text: &str, spec: &FieldSpec) -> Result<WeekdaySpec, Problem> 
     if upper == "*" || upper == "?" {
         return Ok(WeekdaySpec::Any);
     }
-    let to_weekday = |value: u32| match spec.name_base {
-        // Quartz: 1 = Sunday .. 7 = Saturday.
-        1 => value - 1,
-        // Standard: 0 and 7 are both Sunday.
-        _ => value % 7,
-    };
+    // 0 and 7 are both Sunday.
+    let to_weekday = |value: u32| value % 7;
     if upper == "L" {
         // Quartz reads a lone `L` in day-of-week as Saturday.
         return Ok(WeekdaySpec::Days(single_weekday(6)));
@@ -693,7 +686,7 @@ fn parse_plain(text: &str, spec: &FieldSpec) -> Result<ValueSet, Problem> {
             return Err(Problem::syntax(text, "empty list element"));
         }
         if item == "?" {
-            let reason = if spec.name == DAY_OF_MONTH.name || spec.name == DOW_QUARTZ.name {
+            let reason = if spec.name == DAY_OF_MONTH.name || spec.name == DOW_STANDARD.name {
                 "? must stand alone"
             } else {
                 "? is only allowed in the day-of-month and day-of-week fields"
@@ -955,22 +948,26 @@ mod tests {
     }
 
     #[test]
-    fn quartz_vs_standard_weekday_numbering() {
-        // Both mean Monday noon; 2024-01-01 is a Monday.
+    fn six_field_weekdays_follow_kimups_documentation() {
+        // kimup's docs: "`00 00 00 * * 1` will trigger the image every Monday at midnight", with
+        // day-of-week 0-6 from Sunday. go-quartz read 1 as Sunday; the documented meaning wins.
         let t = at(2023, 12, 28, 0, 0, 0);
-        assert_eq!(next("0 0 12 ? * 2", t), Some(at(2024, 1, 1, 12, 0, 0)));
+        let monday = Some(at(2024, 1, 1, 0, 0, 0));
+        assert_eq!(next("00 00 00 * * 1", t), monday);
+        assert_eq!(next("0 0 12 ? * 1", t), Some(at(2024, 1, 1, 12, 0, 0)));
         assert_eq!(next("0 12 * * 1", t), Some(at(2024, 1, 1, 12, 0, 0)));
         assert_eq!(next("0 0 12 ? * MON", t), Some(at(2024, 1, 1, 12, 0, 0)));
         assert_eq!(next("0 12 * * mon", t), Some(at(2024, 1, 1, 12, 0, 0)));
-        // Sunday: Quartz 1, standard 0 and 7.
+        // Sunday: 0 and 7, in both forms.
         let sunday = Some(at(2023, 12, 31, 0, 0, 0));
-        assert_eq!(next("0 0 0 ? * 1", t), sunday);
+        assert_eq!(next("0 0 0 ? * 0", t), sunday);
+        assert_eq!(next("0 0 0 ? * 7", t), sunday);
         assert_eq!(next("0 0 * * 0", t), sunday);
         assert_eq!(next("0 0 * * 7", t), sunday);
         assert_eq!(next("0 0 0 ? * SUN", t), sunday);
-        // Saturday: Quartz 7, standard 6.
+        // Saturday: 6.
         let saturday = Some(at(2023, 12, 30, 0, 0, 0));
-        assert_eq!(next("0 0 0 ? * 7", t), saturday);
+        assert_eq!(next("0 0 0 ? * 6", t), saturday);
         assert_eq!(next("0 0 * * 6", t), saturday);
     }
 
@@ -983,7 +980,7 @@ mod tests {
                 .collect()
         };
         assert_eq!(days("0 0 0 ? * MON-FRI"), vec![1, 2, 3, 4, 5, 8]);
-        assert_eq!(days("0 0 0 ? * 2-6"), vec![1, 2, 3, 4, 5, 8]);
+        assert_eq!(days("0 0 0 ? * 1-5"), vec![1, 2, 3, 4, 5, 8]);
         assert_eq!(days("0 0 * * 1-5"), vec![1, 2, 3, 4, 5, 8]);
         assert_eq!(days("0 0 * * 5-7"), vec![5, 6, 7, 12, 13, 14]);
         assert_eq!(days("0 0 * * */2"), vec![2, 4, 6, 7, 9, 11]);
@@ -1067,10 +1064,10 @@ mod tests {
 
     #[test]
     fn nth_weekday_with_hash() {
-        // First Monday: Quartz 2#1, standard 1#1.
+        // First Monday: 1#1 in both forms.
         let t = at(2024, 1, 2, 0, 0, 0);
         assert_eq!(
-            fires("0 0 9 ? * 2#1", t, 3),
+            fires("0 0 9 ? * 1#1", t, 3),
             vec![
                 at(2024, 2, 5, 9, 0, 0),
                 at(2024, 3, 4, 9, 0, 0),
@@ -1081,7 +1078,7 @@ mod tests {
         assert_eq!(next("0 0 9 ? * MON#1", t), Some(at(2024, 2, 5, 9, 0, 0)));
         // Fifth Friday only exists in some months: March 2024 has 29th.
         assert_eq!(
-            next("0 0 0 ? * 6#5", at(2024, 2, 1, 0, 0, 0)),
+            next("0 0 0 ? * 5#5", at(2024, 2, 1, 0, 0, 0)),
             Some(at(2024, 3, 29, 0, 0, 0))
         );
     }
@@ -1091,7 +1088,7 @@ mod tests {
         // Last Friday: 2024-01-26, 2024-02-23.
         let t = at(2024, 1, 1, 0, 0, 0);
         assert_eq!(
-            fires("0 0 0 ? * 6L", t, 2),
+            fires("0 0 0 ? * 5L", t, 2),
             vec![at(2024, 1, 26, 0, 0, 0), at(2024, 2, 23, 0, 0, 0)]
         );
         assert_eq!(next("0 0 * * 5L", t), Some(at(2024, 1, 26, 0, 0, 0)));
@@ -1259,12 +1256,12 @@ mod tests {
             "invalid cron \"0 0 0 1 13 ?\": month field: 13 is out of range 1-12"
         );
         assert_eq!(
-            err("0 0 0 ? * 0"),
-            "invalid cron \"0 0 0 ? * 0\": day-of-week field: 0 is out of range 1-7"
+            err("0 0 0 ? * 9"),
+            "invalid cron \"0 0 0 ? * 9\": day-of-week field: 9 is out of range 0-7"
         );
         assert_eq!(
             err("0 0 0 ? * 8"),
-            "invalid cron \"0 0 0 ? * 8\": day-of-week field: 8 is out of range 1-7"
+            "invalid cron \"0 0 0 ? * 8\": day-of-week field: 8 is out of range 0-7"
         );
         assert_eq!(
             err("0 0 * * 8"),
@@ -1284,7 +1281,7 @@ mod tests {
         );
         assert_eq!(
             err("0 0 0 ? * 9#1"),
-            "invalid cron \"0 0 0 ? * 9#1\": day-of-week field: 9 is out of range 1-7"
+            "invalid cron \"0 0 0 ? * 9#1\": day-of-week field: 9 is out of range 0-7"
         );
         assert_eq!(
             err("0 5-70 * * * ?"),

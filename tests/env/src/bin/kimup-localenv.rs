@@ -117,21 +117,17 @@ async fn main() -> Result<()> {
         "  created namespace demo, Deployment web ({image}:1.0.0) and Image web (semver-minor, every 5 s) in each cluster\n"
     );
 
-    let mut kimups = Vec::new();
-    for (c, f) in env.clusters.iter().zip(&files) {
-        let log_args = vec![
-            "run".to_string(),
-            format!("--kubeconfig={}", f.display()),
-            "--listen-addr=127.0.0.1:0".to_string(),
-            format!("--insecure-registry={}", reg.host),
-        ];
-        kimups.push(Process::spawn(
-            &format!("kimup-{}", c.name),
-            &args.kimup,
-            &log_args,
-            &env.log_dir(),
-        )?);
-    }
+    // One kimup for every cluster: it serves each kubeconfig of the folder as a member cluster.
+    // A short tag cache TTL so the demo's push shows within seconds (production default: 60 s).
+    let kimup_args = vec![
+        "run".to_string(),
+        format!("--kubeconfig-dir={}", kc_dir.display()),
+        "--listen-addr=127.0.0.1:0".to_string(),
+        format!("--insecure-registry={}", reg.host),
+        "--tag-cache-ttl=4s".to_string(),
+    ];
+    let kimup = Process::spawn("kimup", &args.kimup, &kimup_args, &env.log_dir())?;
+    println!("$ kimup {}", kimup_args.join(" "));
     println!(
         "kimup running (logs in {}); Ctrl-C to stop\n",
         env.log_dir().display()
@@ -182,7 +178,7 @@ async fn main() -> Result<()> {
             _ = tokio::time::sleep(Duration::from_secs(3)) => {}
         }
     }
-    drop(kimups);
+    drop(kimup);
     println!(
         "stopped; kubeconfigs stay in {} until the next run",
         kc_dir.display()

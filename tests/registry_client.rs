@@ -1,0 +1,291 @@
+//! The registry client against the real registry: pagination by Link header, digests, the tag
+//! cache's coalescing, and 429 back-off through a throttling proxy in front of the registry.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{Response, StatusCode};
+use kimup::registry::reference;
+use kimup::registry::{ClientSettings, RegistryClient, TagCache, TlsMode};
+
+fn client(page_size: usize) -> Arc<RegistryClient> {
+    kimup_testenv::install_crypto_provider();
+    Arc::new(
+        RegistryClient::new(ClientSettings {
+            page_size,
+            max_retries: 3,
+            ..ClientSettings::default()
+        })
+        .expect("client"),
+    )
+}
+
+/// Debian's distribution 2.8 ignores `n`/`last` and sends every tag at once, unsorted: one
+/// request, every tag, no loop.
+#[tokio::test]
+async fn lists_every_tag_from_the_real_registry_in_one_request() {
+    let env = common::env();
+    let reg = env.plain_registry();
+    let tags: Vec<String> = (0..7).map(|i| format!("1.{i}.0")).collect();
+    let refs: Vec<&str> = tags.iter().map(String::as_str).collect();
+    reg.push_tags("client/paged", &refs).await.expect("push");
+    let c = client(3);
+    let image = reference::parse(&format!("{}/client/paged", reg.host)).expect("ref");
+    let got = c
+        .list_tags(&image, None, TlsMode::PlainHttp)
+        .await
+        .expect("list");
+    assert_eq!(got, tags);
+    assert_eq!(
+        c.request_counts()[&(reg.host.clone(), "tags".to_string())],
+        1
+    );
+}
+
+#[derive(Clone)]
+struct Pager {
+    upstream: String,
+    link: bool,
+    http: reqwest::Client,
+}
+
+/// In front of the real registry, pages tag lists as Docker Hub and GHCR do: at most `n` tags,
+/// after `last`, with a `Link` header to the next page (or, with `link: false`, without one).
+async fn page(State(p): State<Pager>, req: Request) -> Response<Body> {
+    let uri = req.uri().clone();
+    let query: std::collections::HashMap<String, String> = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
+    let full: serde_json::Value = p
+        .http
+        .get(format!("{}{}", p.upstream, uri.path()))
+        .send()
+        .await
+        .expect("upstream")
+        .json()
+        .await
+        .expect("json");
+    let mut tags: Vec<String> = serde_json::from_value(full["tags"].clone()).expect("tags");
+    tags.sort();
+    let n: usize = query.get("n").and_then(|n| n.parse().ok()).unwrap_or(100);
+    let after = query.get("last").cloned().unwrap_or_default();
+    let rest: Vec<String> = tags.into_iter().filter(|t| *t > after).collect();
+    let this: Vec<String> = rest.iter().take(n).cloned().collect();
+    let mut resp = Response::builder().status(200);
+    if p.link && rest.len() > n {
+        let last = this.last().cloned().unwrap_or_default();
+        resp = resp.header(
+            "Link",
+            format!("<{}?n={n}&last={last}>; rel=\"next\"", uri.path()),
+        );
+    }
+    resp.body(Body::from(
+        serde_json::json!({"name": full["name"], "tags": this}).to_string(),
+    ))
+    .expect("response")
+}
+
+async fn pager(env: &kimup_testenv::TestEnv, link: bool) -> std::net::SocketAddr {
+    let state = Pager {
+        upstream: env.plain_registry().base_url(),
+        link,
+        http: reqwest::Client::new(),
+    };
+    let app = Router::new().fallback(page).with_state(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+#[tokio::test]
+async fn follows_link_headers_and_n_last_paging() {
+    let env = common::env();
+    let tags: Vec<String> = (0..7).map(|i| format!("2.{i}.0")).collect();
+    let refs: Vec<&str> = tags.iter().map(String::as_str).collect();
+    env.plain_registry()
+        .push_tags("client/linked", &refs)
+        .await
+        .expect("push");
+    for link in [true, false] {
+        let addr = pager(env, link).await;
+        let c = client(3);
+        let image = reference::parse(&format!("{addr}/client/linked")).expect("ref");
+        let got = c
+            .list_tags(&image, None, TlsMode::PlainHttp)
+            .await
+            .expect("list");
+        assert_eq!(got, tags, "link={link}");
+        let requests = c.request_counts()[&(addr.to_string(), "tags".to_string())];
+        // Pages of 3 + 3 + 1 tags: the short third page ends the listing either way.
+        assert_eq!(requests, 3, "link={link}");
+    }
+}
+
+#[tokio::test]
+async fn manifest_digest_matches_the_registry() {
+    let env = common::env();
+    let reg = env.plain_registry();
+    let pushed = reg
+        .push_image("client/digest", "v1", "")
+        .await
+        .expect("push");
+    let image = reference::parse(&format!("{}/client/digest", reg.host)).expect("ref");
+    let got = client(100)
+        .manifest_digest(&image, "v1", None, TlsMode::PlainHttp)
+        .await
+        .expect("digest");
+    assert_eq!(got, pushed);
+}
+
+#[tokio::test]
+async fn concurrent_misses_make_one_request() {
+    let env = common::env();
+    let reg = env.plain_registry();
+    reg.push_tags("client/coalesce", &["1.0.0", "1.1.0"])
+        .await
+        .expect("push");
+    let c = client(100);
+    let cache = TagCache::new(c.clone(), Duration::from_secs(60));
+    let image = reference::parse(&format!("{}/client/coalesce", reg.host)).expect("ref");
+    let asks = (0..50).map(|_| {
+        let (cache, image) = (cache.clone(), image.clone());
+        tokio::spawn(async move { cache.tags(&image, None, TlsMode::PlainHttp).await })
+    });
+    for a in futures::future::join_all(asks).await {
+        let (tags, _) = a.expect("join").expect("tags");
+        assert_eq!(*tags, vec!["1.0.0".to_string(), "1.1.0".to_string()]);
+    }
+    assert_eq!(
+        c.request_counts()[&(reg.host.clone(), "tags".to_string())],
+        1
+    );
+    // Another credential set is another key: never served from the anonymous entry.
+    let cred = kimup::registry::Credential {
+        username: "someone".into(),
+        password: "x".into(),
+    };
+    cache
+        .tags(&image, Some(&cred), TlsMode::PlainHttp)
+        .await
+        .expect("tags");
+    assert_eq!(
+        c.request_counts()[&(reg.host.clone(), "tags".to_string())],
+        2
+    );
+}
+
+#[derive(Clone)]
+struct Proxy {
+    upstream: String,
+    throttled: Arc<AtomicUsize>,
+    http: reqwest::Client,
+}
+
+/// Answers 429 (Retry-After: 1) to the first two requests, then forwards to the real registry.
+async fn throttle(State(p): State<Proxy>, req: Request) -> Response<Body> {
+    if p.throttled.fetch_add(1, Ordering::SeqCst) < 2 {
+        return Response::builder()
+            .status(StatusCode::TOO_MANY_REQUESTS)
+            .header("Retry-After", "1")
+            .body(Body::from(
+                r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}"#,
+            ))
+            .expect("response");
+    }
+    let url = format!("{}{}", p.upstream, req.uri());
+    let resp = p.http.get(url).send().await.expect("upstream");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.bytes().await.expect("body");
+    let mut out = Response::builder().status(status.as_u16());
+    for (k, v) in &headers {
+        out = out.header(k.as_str(), v.as_bytes());
+    }
+    out.body(Body::from(body)).expect("response")
+}
+
+#[tokio::test]
+async fn backs_off_on_429_honouring_retry_after() {
+    let env = common::env();
+    let reg = env.plain_registry();
+    reg.push_tags("client/throttled", &["2.0.0"])
+        .await
+        .expect("push");
+    let proxy = Proxy {
+        upstream: reg.base_url(),
+        throttled: Arc::new(AtomicUsize::new(0)),
+        http: reqwest::Client::new(),
+    };
+    let app = Router::new().fallback(throttle).with_state(proxy.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let image = reference::parse(&format!("{addr}/client/throttled")).expect("ref");
+    let started = Instant::now();
+    let tags = client(100)
+        .list_tags(&image, None, TlsMode::PlainHttp)
+        .await
+        .expect("succeeds after back-off");
+    assert_eq!(tags, vec!["2.0.0".to_string()]);
+    assert_eq!(
+        proxy.throttled.load(Ordering::SeqCst),
+        3,
+        "two 429s, then the real answer"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "waited Retry-After twice"
+    );
+
+    // Throttled beyond the retry budget: a RegistryError naming the rate limit.
+    proxy.throttled.store(0, Ordering::SeqCst);
+    let impatient = Arc::new(
+        RegistryClient::new(ClientSettings {
+            max_retries: 1,
+            ..ClientSettings::default()
+        })
+        .expect("client"),
+    );
+    let err = impatient
+        .list_tags(&image, None, TlsMode::PlainHttp)
+        .await
+        .expect_err("still throttled");
+    assert!(err.to_string().contains("429"), "{err}");
+}
+
+#[tokio::test]
+async fn unknown_repository_and_refused_connection_are_clear() {
+    let env = common::env();
+    let reg = env.plain_registry();
+    let c = client(100);
+    let missing = reference::parse(&format!("{}/client/nothing-here", reg.host)).expect("ref");
+    let err = c
+        .list_tags(&missing, None, TlsMode::PlainHttp)
+        .await
+        .expect_err("404");
+    assert!(err.to_string().contains("not found"), "{err}");
+    assert_eq!(err.metric_label(), "not_found");
+    let down = reference::parse("127.0.0.1:1/x").expect("ref");
+    let err = c
+        .list_tags(&down, None, TlsMode::PlainHttp)
+        .await
+        .expect_err("refused");
+    assert_eq!(err.metric_label(), "network");
+}
