@@ -2,6 +2,8 @@
 # Builds or installs the binaries the test control plane needs, cached outside the repo and keyed
 # by version, so a warm machine pays nothing and a version bump rebuilds only what changed.
 #   kube-apiserver and etcd: built from their Go modules through tests/env/tools/*
+#   otelcol: an OpenTelemetry Collector (OTLP receiver, file and debug exporters), tests/env/tools/otelcol
+#   helm: the helm v3 CLI, tests/env/tools/helm
 #   docker-registry: Debian's package
 #   aiosmtpd: PyPI, the SMTP server alert tests deliver to
 # Prints the cache directory on stdout's last line. Idempotent; safe to run concurrently is NOT
@@ -11,13 +13,21 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cache="${KIMUP_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kimup-testenv}"
 mkdir -p "$cache"
 
-modver() { awk -v m="$2" '$1=="require" && $2==m {print $3} $1==m && NF==2 {print $2}' "$1/go.mod" | head -n1; }
+modver() { awk -v m="$2" '$1=="require" && $2==m {print $3} $1==m && (NF==2 || $3=="//") {print $2}' "$1/go.mod" | head -n1; }
 
 kube_dir="$root/tests/env/tools/kube-apiserver"
 etcd_dir="$root/tests/env/tools/etcd"
+otelcol_dir="$root/tests/env/tools/otelcol"
+helm_dir="$root/tests/env/tools/helm"
 KUBE_VERSION="$(modver "$kube_dir" k8s.io/kubernetes)"
 ETCD_VERSION="$(modver "$etcd_dir" go.etcd.io/etcd/server/v3)"
-[ -n "$KUBE_VERSION" ] && [ -n "$ETCD_VERSION" ] || { echo "cannot read pinned versions from tests/env/tools/*/go.mod" >&2; exit 1; }
+# The collector's core and contrib modules move together (scripts/gen-tools-mod.sh), so the core
+# otelcol version names the build.
+OTELCOL_VERSION="$(modver "$otelcol_dir" go.opentelemetry.io/collector/otelcol)"
+HELM_VERSION="$(modver "$helm_dir" helm.sh/helm/v3)"
+HELM_CLIENT_GO="$(modver "$helm_dir" k8s.io/client-go)"
+[ -n "$KUBE_VERSION" ] && [ -n "$ETCD_VERSION" ] && [ -n "$OTELCOL_VERSION" ] && [ -n "$HELM_VERSION" ] && [ -n "$HELM_CLIENT_GO" ] \
+  || { echo "cannot read pinned versions from tests/env/tools/*/go.mod" >&2; exit 1; }
 
 log() { echo "[testenv-binaries] $*" >&2; }
 
@@ -45,9 +55,24 @@ build_go kube-apiserver "$KUBE_VERSION" "$kube_dir" k8s.io/kubernetes/cmd/kube-a
 kpid=$!
 build_go etcd "$ETCD_VERSION" "$etcd_dir" go.etcd.io/etcd/server/v3 "-s -w" &
 epid=$!
+# otelcol's build is a plain package main in its tools module (main.go), hence the package ".".
+build_go otelcol "$OTELCOL_VERSION" "$otelcol_dir" . "-s -w -X main.version=$OTELCOL_VERSION" &
+opid=$!
+# As helm's Makefile: its version, and the default Kubernetes version of .Capabilities (helm
+# template, helm lint) taken from the client-go it is built with (v0.Y.Z -> 1.Y).
+hv="helm.sh/helm/v3"
+hminor="$(echo "$HELM_CLIENT_GO" | cut -d. -f2)"
+hflags="-s -w -X $hv/internal/version.version=$HELM_VERSION -X $hv/internal/version.gitTreeState=clean -X $hv/internal/version.metadata="
+for p in "$hv/pkg/lint/rules" "$hv/pkg/chartutil"; do
+  hflags="$hflags -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=$hminor"
+done
+build_go helm "$HELM_VERSION" "$helm_dir" helm.sh/helm/v3/cmd/helm "$hflags" &
+hpid=$!
 fail=0
 wait "$kpid" || fail=1
 wait "$epid" || fail=1
+wait "$opid" || fail=1
+wait "$hpid" || fail=1
 [ "$fail" = 0 ] || { echo "building the test control plane binaries failed (see above)" >&2; exit 1; }
 
 if ! command -v docker-registry >/dev/null && [ ! -x /usr/bin/docker-registry ]; then
@@ -69,4 +94,6 @@ fi
 
 ln -sfn "$cache/kube-apiserver-$KUBE_VERSION/kube-apiserver" "$cache/kube-apiserver"
 ln -sfn "$cache/etcd-$ETCD_VERSION/etcd" "$cache/etcd"
+ln -sfn "$cache/otelcol-$OTELCOL_VERSION/otelcol" "$cache/otelcol"
+ln -sfn "$cache/helm-$HELM_VERSION/helm" "$cache/helm"
 echo "$cache"

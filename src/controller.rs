@@ -43,10 +43,22 @@ impl ReconcileError {
     }
 }
 
-/// When each Image last ran, in memory: the start-up sync and cron schedule are judged from it.
+/// When each Image last ran and with which generation, in memory: the start-up sync, the cron
+/// schedule and spec changes are judged from it. The generation is remembered because the
+/// Image's own status (observedGeneration) may not have been written back yet when a watch
+/// event for our annotation patch arrives.
 #[derive(Default)]
 struct Memory {
-    last_run: HashMap<String, DateTime<Utc>>,
+    last_run: HashMap<String, LastRun>,
+}
+
+/// The last sync of an Image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LastRun {
+    /// When it started.
+    pub at: DateTime<Utc>,
+    /// The generation it synced.
+    pub generation: Option<i64>,
 }
 
 /// Per-cluster context of the reconciler.
@@ -86,16 +98,16 @@ impl ClusterContext {
         }
     }
 
-    fn last_run(&self, uid: &str) -> Option<DateTime<Utc>> {
+    fn last_run(&self, uid: &str) -> Option<LastRun> {
         self.memory
             .lock()
             .ok()
             .and_then(|m| m.last_run.get(uid).copied())
     }
 
-    fn set_last_run(&self, uid: &str, at: DateTime<Utc>) {
+    fn set_last_run(&self, uid: &str, run: LastRun) {
         if let Ok(mut m) = self.memory.lock() {
-            m.last_run.insert(uid.to_string(), at);
+            m.last_run.insert(uid.to_string(), run);
         }
     }
 
@@ -117,7 +129,7 @@ pub enum Plan {
 }
 
 /// Decides whether an Image syncs now (pure: everything it needs is passed in).
-pub fn plan(image: &Image, last_run: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Plan {
+pub fn plan(image: &Image, last_run: Option<LastRun>, now: DateTime<Utc>) -> Plan {
     let annotation = image
         .annotations()
         .get(ANNOTATION_ACTION)
@@ -125,11 +137,16 @@ pub fn plan(image: &Image, last_run: Option<DateTime<Utc>>, now: DateTime<Utc>) 
     if matches!(annotation.as_deref(), Some("refresh" | "reload")) {
         return Plan::Sync(TriggerReason::Annotation);
     }
-    let Some(last) = last_run else {
+    let Some(LastRun {
+        at: last,
+        generation: synced,
+    }) = last_run
+    else {
         return Plan::Sync(TriggerReason::Startup);
     };
     let observed = image.status.as_ref().and_then(|s| s.observed_generation);
-    if image.metadata.generation.is_some() && observed != image.metadata.generation {
+    let generation = image.metadata.generation;
+    if generation.is_some() && generation != synced && generation != observed {
         return Plan::Sync(TriggerReason::SpecChange);
     }
     // An invalid cron was reported by the last sync; nothing to schedule until the spec changes.
@@ -216,7 +233,13 @@ async fn reconcile(image: Arc<Image>, ctx: Arc<ClusterContext>) -> Result<Action
         Plan::Sync(reason) => reason,
         Plan::Wait(next) => return Ok(requeue_at(next, now)),
     };
-    ctx.set_last_run(&uid, now);
+    ctx.set_last_run(
+        &uid,
+        LastRun {
+            at: now,
+            generation: image.metadata.generation,
+        },
+    );
     let report = sync::sync_image(&ctx.shared, &ctx.client, &ctx.cluster, &image, reason).await;
     // Leadership may have been lost while the sync ran: a deposed leader writes nothing.
     if !*ctx.leader.borrow() {
@@ -382,6 +405,14 @@ spec:
         s.parse().expect("time")
     }
 
+    /// A previous run at `t` of generation `g`.
+    fn ran(t: &str, g: i64) -> Option<LastRun> {
+        Some(LastRun {
+            at: at(t),
+            generation: Some(g),
+        })
+    }
+
     #[test]
     fn first_sight_syncs_at_startup() {
         assert_eq!(
@@ -400,10 +431,26 @@ spec:
         assert_eq!(
             plan(
                 &img,
-                Some(at("2026-01-01T00:00:00Z")),
+                ran("2026-01-01T00:00:00Z", 1),
                 at("2026-01-01T00:00:01Z")
             ),
             Plan::Sync(TriggerReason::SpecChange)
+        );
+    }
+
+    #[test]
+    fn our_own_annotation_patch_is_not_a_spec_change() {
+        // The Image's first status write has not landed yet (no observedGeneration), but this
+        // process already synced generation 2: the watch event of its annotation patch must not
+        // sync again.
+        let img = image(BASE);
+        assert_eq!(
+            plan(
+                &img,
+                ran("2026-01-01T00:01:00Z", 2),
+                at("2026-01-01T00:01:01Z")
+            ),
+            Plan::Wait(Some(at("2026-01-01T00:05:00Z")))
         );
     }
 
@@ -414,13 +461,13 @@ spec:
             observed_generation: Some(2),
             ..Default::default()
         });
-        let last = at("2026-01-01T00:01:00Z");
+        let last = ran("2026-01-01T00:01:00Z", 2);
         assert_eq!(
-            plan(&img, Some(last), at("2026-01-01T00:02:00Z")),
+            plan(&img, last, at("2026-01-01T00:02:00Z")),
             Plan::Wait(Some(at("2026-01-01T00:05:00Z")))
         );
         assert_eq!(
-            plan(&img, Some(last), at("2026-01-01T00:05:00Z")),
+            plan(&img, last, at("2026-01-01T00:05:00Z")),
             Plan::Sync(TriggerReason::Cron)
         );
     }
@@ -437,7 +484,7 @@ spec:
         assert_eq!(
             plan(
                 &img,
-                Some(at("2026-01-01T00:01:00Z")),
+                ran("2026-01-01T00:01:00Z", 2),
                 at("2026-01-01T00:01:01Z")
             ),
             Plan::Sync(TriggerReason::Annotation)
@@ -454,7 +501,7 @@ spec:
         assert_eq!(
             plan(
                 &img,
-                Some(at("2026-01-01T00:01:00Z")),
+                ran("2026-01-01T00:01:00Z", 2),
                 at("2026-01-02T00:00:00Z")
             ),
             Plan::Wait(None)

@@ -62,15 +62,8 @@ fn main() -> std::process::ExitCode {
             }
         },
         Command::Evaluate(args) => {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return 1.into();
-                }
+            let Some(rt) = runtime(false) else {
+                return 1.into();
             };
             match rt.block_on(kimup::evaluate::evaluate(&args)) {
                 Ok(out) => {
@@ -91,15 +84,8 @@ fn main() -> std::process::ExitCode {
                     return 2.into();
                 }
             };
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return 1.into();
-                }
+            let Some(rt) = runtime(true) else {
+                return 1.into();
             };
             match rt.block_on(kimup::run::run(*args)) {
                 Ok(()) => 0.into(),
@@ -111,4 +97,18 @@ fn main() -> std::process::ExitCode {
             }
         }
     }
+}
+
+/// A tokio runtime (multi-threaded for `run`), or None after printing why it could not start.
+fn runtime(multi_thread: bool) -> Option<tokio::runtime::Runtime> {
+    let mut builder = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder
+        .enable_all()
+        .build()
+        .inspect_err(|e| eprintln!("error: starting the async runtime: {e}"))
+        .ok()
 }

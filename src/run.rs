@@ -359,7 +359,8 @@ pub async fn serve_cluster(
                     client,
                     shared.clone(),
                     leader.clone(),
-                    std::env::var("POD_NAME").ok(),
+                    // Events carry the cluster name, so a central operator can tell whose they are.
+                    Some(format!("{}/{name}", leader::identity())),
                 ));
                 let token = shutdown.clone();
                 controller::run(
@@ -395,11 +396,24 @@ async fn probe(config: &Config, namespace: Option<&str>) -> Result<Client> {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    images
-        .list_metadata(&ListParams::default().limit(1))
-        .await
-        .context("listing Images (is the API server reachable, the credential valid and the Image CRD installed?)")?;
-    Ok(client)
+    match images.list_metadata(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(client),
+        Err(e) => Err(anyhow::anyhow!(probe_error(&e))),
+    }
+}
+
+/// A cluster's down reason, in the words an operator needs (pure).
+pub fn probe_error(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) if s.code == 404 => {
+            "the Image CRD (images.kimup.cloudavenue.io) is not installed".to_string()
+        }
+        kube::Error::Api(s) if s.code == 401 || s.code == 403 => {
+            format!("credentials refused ({}): {}", s.code, s.message)
+        }
+        kube::Error::Api(s) => format!("API server answered {}: {}", s.code, s.message),
+        other => format!("unreachable: {other}"),
+    }
 }
 
 async fn wait_for_signal() {

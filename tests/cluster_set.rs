@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use kimup_testenv::TestEnv;
-use kimup_testenv::process::{Process, free_port};
+use kimup_testenv::process::free_port;
 
 fn image_yaml(image: &str) -> String {
     format!(
@@ -73,17 +73,7 @@ async fn clusters_come_and_go_at_runtime() {
         "--cluster-poll-interval=1s".into(),
         "--tag-cache-ttl=0s".into(),
     ];
-    let process = Process::spawn(
-        "kimup-set",
-        Path::new(env!("CARGO_BIN_EXE_kimup")),
-        &args,
-        &env.log_dir(),
-    )
-    .expect("kimup");
-    let kimup = Kimup {
-        log: process.log_path().to_path_buf(),
-        process,
-    };
+    let kimup = spawn_kimup(&env, "kimup-set", &args);
     let c0 = env.clusters[0].client().await.expect("client");
     wait_status(&c0, &ns, "web", Duration::from_secs(60), &kimup, |s| {
         s.tag.as_deref() == Some("1.1.0")
@@ -181,4 +171,63 @@ async fn clusters_come_and_go_at_runtime() {
     })
     .await;
     assert!(!kimup.log_text().contains("panicked"));
+}
+
+/// A cluster without the Image CRD is reported down with the reason and retried; once the CRD
+/// is installed, it comes up without a restart.
+#[tokio::test]
+async fn a_cluster_without_the_crd_is_down_until_it_gets_one() {
+    let env = TestEnv::builder()
+        .name("no-crd")
+        .clusters(1)
+        .start()
+        .await
+        .expect("env");
+    let dir = env.run_dir.join("kubeconfigs");
+    env.write_kubeconfigs(&dir).expect("kubeconfigs");
+    let port = free_port().expect("port");
+    let args: Vec<String> = vec![
+        "run".into(),
+        format!("--kubeconfig-dir={}", dir.display()),
+        format!("--listen-addr=127.0.0.1:{port}"),
+    ];
+    let _kimup = spawn_kimup(&env, "kimup-no-crd", &args);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(resp) = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await {
+            let (code, text) = (
+                resp.status().as_u16(),
+                resp.text().await.unwrap_or_default(),
+            );
+            if text.contains("cluster-0 down") {
+                assert_eq!(code, 503);
+                assert!(
+                    text.contains("the Image CRD (images.kimup.cloudavenue.io) is not installed"),
+                    "{text}"
+                );
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "missing CRD not reported"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let crds =
+        kimup_testenv::load_crds(&kimup_testenv::binaries::repo_root().join("crds")).expect("crds");
+    env.clusters[0].install_crds(&crds).await.expect("install");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, text) = readyz(port).await;
+        if code == 200 {
+            assert!(text.contains("[+]cluster cluster-0 ok"), "{text}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cluster did not come up: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-use kimup_testenv::process::{Process, free_port};
+use kimup_testenv::process::free_port;
 use kimup_testenv::{HttpSink, TestEnv};
 
 const LEASE: Duration = Duration::from_secs(4);
@@ -38,18 +38,8 @@ fn replica(env: &TestEnv, name: &str, dir: &Path, ns: &str) -> Replica {
         "--retry-period=1s".into(),
         "--tag-cache-ttl=0s".into(),
     ];
-    let process = Process::spawn(
-        name,
-        Path::new(env!("CARGO_BIN_EXE_kimup")),
-        &args,
-        &env.log_dir(),
-    )
-    .expect("kimup");
     Replica {
-        kimup: Kimup {
-            log: process.log_path().to_path_buf(),
-            process,
-        },
+        kimup: spawn_kimup(env, name, &args),
         port,
     }
 }

@@ -8,7 +8,6 @@ use std::time::Duration;
 use common::*;
 use kimup::api::{Image, SyncResult};
 use kimup_testenv::TestEnv;
-use kimup_testenv::process::Process;
 use kube::api::{Api, ListParams, PostParams};
 
 fn env() -> &'static TestEnv {
@@ -38,15 +37,7 @@ fn start_multi(env: &TestEnv, namespace: &str, extra: &[&str]) -> Kimup {
         format!("--registry-ca-file={}", ca.display()),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
-    let process = Process::spawn(
-        &format!("kimup-{namespace}"),
-        std::path::Path::new(env!("CARGO_BIN_EXE_kimup")),
-        &args,
-        &env.log_dir(),
-    )
-    .expect("start kimup");
-    let log = process.log_path().to_path_buf();
-    Kimup { process, log }
+    spawn_kimup(env, &format!("kimup-{namespace}"), &args)
 }
 
 fn image_yaml(name: &str, image: &str, secret: Option<&str>) -> String {

@@ -112,7 +112,7 @@ async fn self_signed_certificate_needs_trust_or_insecure_skip() {
     )
     .await;
     // This kimup does not trust the registry's CA.
-    let kimup = start_kimup_with(env, cluster, &ns, false, &[]);
+    let kimup = start_kimup_with(env, cluster, &ns, false, &[], &[]);
     create_image(
         &client,
         &ns,

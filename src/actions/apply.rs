@@ -126,6 +126,14 @@ pub fn template_patch(path: &[&str], changes: &[ContainerChange]) -> serde_json:
     value
 }
 
+/// What one sync applies: the repository, the tag and the digest to pin (mutable tags).
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    image: &'a ImageRef,
+    tag: &'a str,
+    digest: Option<&'a str>,
+}
+
 /// Updates every opted-in workload of `namespace` that runs `image`; returns what changed.
 pub async fn apply_to_workloads(
     client: &Client,
@@ -139,122 +147,89 @@ pub async fn apply_to_workloads(
         .get_opt(namespace)
         .await?
         .is_some_and(|n| opted_in(n.metadata.annotations.as_ref()));
+    let target = Target { image, tag, digest };
+    let pod = ["spec", "template"];
+    let job = ["spec", "jobTemplate", "spec", "template"];
     let mut changes = Vec::new();
-    let pod_template = ["spec", "template"];
-    let job_template = ["spec", "jobTemplate", "spec", "template"];
-
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-    for w in deployments.list(&ListParams::default()).await? {
-        let spec = w.spec.as_ref().and_then(|s| s.template.spec.as_ref());
-        patch_one(
-            &deployments,
-            &w,
-            spec,
-            ns_opted,
-            image,
-            tag,
-            digest,
-            &pod_template,
-            &mut changes,
-        )
-        .await?;
-    }
-    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
-    for w in statefulsets.list(&ListParams::default()).await? {
-        let spec = w.spec.as_ref().and_then(|s| s.template.spec.as_ref());
-        patch_one(
-            &statefulsets,
-            &w,
-            spec,
-            ns_opted,
-            image,
-            tag,
-            digest,
-            &pod_template,
-            &mut changes,
-        )
-        .await?;
-    }
-    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), namespace);
-    for w in daemonsets.list(&ListParams::default()).await? {
-        let spec = w.spec.as_ref().and_then(|s| s.template.spec.as_ref());
-        patch_one(
-            &daemonsets,
-            &w,
-            spec,
-            ns_opted,
-            image,
-            tag,
-            digest,
-            &pod_template,
-            &mut changes,
-        )
-        .await?;
-    }
-    let cronjobs: Api<CronJob> = Api::namespaced(client.clone(), namespace);
-    for w in cronjobs.list(&ListParams::default()).await? {
-        let spec = w
-            .spec
-            .job_template
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.spec.as_ref());
-        patch_one(
-            &cronjobs,
-            &w,
-            spec,
-            ns_opted,
-            image,
-            tag,
-            digest,
-            &job_template,
-            &mut changes,
-        )
-        .await?;
-    }
+    changes.extend(
+        patch_kind::<Deployment>(client, namespace, ns_opted, target, &pod, |w| {
+            w.spec.as_ref().and_then(|s| s.template.spec.as_ref())
+        })
+        .await?,
+    );
+    changes.extend(
+        patch_kind::<StatefulSet>(client, namespace, ns_opted, target, &pod, |w| {
+            w.spec.as_ref().and_then(|s| s.template.spec.as_ref())
+        })
+        .await?,
+    );
+    changes.extend(
+        patch_kind::<DaemonSet>(client, namespace, ns_opted, target, &pod, |w| {
+            w.spec.as_ref().and_then(|s| s.template.spec.as_ref())
+        })
+        .await?,
+    );
+    changes.extend(
+        patch_kind::<CronJob>(client, namespace, ns_opted, target, &job, |w| {
+            w.spec
+                .job_template
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+        })
+        .await?,
+    );
     Ok(changes)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn patch_one<K>(
-    api: &Api<K>,
-    workload: &K,
-    spec: Option<&PodSpec>,
+/// Patches the opted-in workloads of one kind whose pod template (found by `pod_spec`, at
+/// `path` in the object) runs the target repository.
+async fn patch_kind<K>(
+    client: &Client,
+    namespace: &str,
     ns_opted: bool,
-    image: &ImageRef,
-    tag: &str,
-    digest: Option<&str>,
+    target: Target<'_>,
     path: &[&str],
-    out: &mut Vec<WorkloadChange>,
-) -> Result<(), kube::Error>
+    pod_spec: impl Fn(&K) -> Option<&PodSpec>,
+) -> Result<Vec<WorkloadChange>, kube::Error>
 where
-    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
 {
-    let meta = workload.meta();
-    if !(ns_opted || opted_in(meta.annotations.as_ref())) {
-        return Ok(());
-    }
-    let Some(spec) = spec else { return Ok(()) };
-    let containers = plan_pod_spec(spec, image, tag, digest);
-    if containers.is_empty() {
-        return Ok(());
-    }
-    let name = meta.name.clone().unwrap_or_default();
-    api.patch(
-        &name,
-        &PatchParams {
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let mut out = Vec::new();
+    for workload in api.list(&ListParams::default()).await? {
+        let meta = workload.meta();
+        if !(ns_opted || opted_in(meta.annotations.as_ref())) {
+            continue;
+        }
+        let Some(spec) = pod_spec(&workload) else {
+            continue;
+        };
+        let containers = plan_pod_spec(spec, target.image, target.tag, target.digest);
+        if containers.is_empty() {
+            continue;
+        }
+        let name = meta.name.clone().unwrap_or_default();
+        let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..Default::default()
-        },
-        &Patch::Strategic(template_patch(path, &containers)),
-    )
-    .await?;
-    out.push(WorkloadChange {
-        kind: K::kind(&()).into_owned(),
-        name,
-        containers,
-    });
-    Ok(())
+        };
+        api.patch(
+            &name,
+            &params,
+            &Patch::Strategic(template_patch(path, &containers)),
+        )
+        .await?;
+        out.push(WorkloadChange {
+            kind: K::kind(&()).into_owned(),
+            name,
+            containers,
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

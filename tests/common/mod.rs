@@ -43,7 +43,7 @@ impl Kimup {
 /// Starts `kimup run` against `cluster`, watching only `namespace`, trusting the TLS registry's CA
 /// and reaching the plain registry over HTTP. `extra` flags are appended.
 pub fn start_kimup(env: &TestEnv, cluster: &Cluster, namespace: &str, extra: &[&str]) -> Kimup {
-    start_kimup_with(env, cluster, namespace, true, extra)
+    start_kimup_with(env, cluster, namespace, true, extra, &[])
 }
 
 /// As `start_kimup`, choosing whether the TLS registry's CA is trusted (`--registry-ca-file`).
@@ -53,6 +53,7 @@ pub fn start_kimup_with(
     namespace: &str,
     trust_ca: bool,
     extra: &[&str],
+    vars: &[(String, String)],
 ) -> Kimup {
     let ca = env.run_dir.join(format!("tls-ca-{namespace}.pem"));
     std::fs::write(&ca, env.tls_registry().ca_pem.as_deref().unwrap_or("")).expect("write CA");
@@ -62,18 +63,36 @@ pub fn start_kimup_with(
         "run".into(),
         format!("--kubeconfig={}", cluster.kubeconfig_path.display()),
         format!("--watch-namespace={namespace}"),
-        "--listen-addr=127.0.0.1:0".into(),
         format!("--insecure-registry={}", env.plain_registry().host),
         "--tag-cache-ttl=0s".into(),
     ];
+    if !extra.iter().any(|a| a.starts_with("--listen-addr")) {
+        args.push("--listen-addr=127.0.0.1:0".into());
+    }
     if trust_ca {
         args.push(format!("--registry-ca-file={}", ca.display()));
     }
     args.extend(extra.iter().map(|s| s.to_string()));
-    let process = Process::spawn(
-        &format!("kimup-{namespace}"),
+    spawn_kimup_with_env(env, &format!("kimup-{namespace}"), &args, vars)
+}
+
+/// Runs the kimup binary under test with `args`, its log in the environment's log folder.
+pub fn spawn_kimup(env: &TestEnv, name: &str, args: &[String]) -> Kimup {
+    spawn_kimup_with_env(env, name, args, &[])
+}
+
+/// As `spawn_kimup`, with environment variables (e.g. OTEL_EXPORTER_OTLP_ENDPOINT).
+pub fn spawn_kimup_with_env(
+    env: &TestEnv,
+    name: &str,
+    args: &[String],
+    vars: &[(String, String)],
+) -> Kimup {
+    let process = Process::spawn_with_env(
+        name,
         std::path::Path::new(env!("CARGO_BIN_EXE_kimup")),
-        &args,
+        args,
+        vars,
         &env.log_dir(),
     )
     .expect("start kimup");

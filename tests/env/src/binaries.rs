@@ -15,6 +15,10 @@ pub struct Binaries {
     pub etcd: PathBuf,
     /// Debian's docker-registry (distribution).
     pub registry: PathBuf,
+    /// OpenTelemetry Collector (OTLP receiver, file exporter) built from its Go modules.
+    pub otelcol: PathBuf,
+    /// Helm 3 CLI built from its Go module.
+    pub helm: PathBuf,
 }
 
 /// The repository root (two levels above this crate).
@@ -53,8 +57,11 @@ impl Binaries {
             kube_apiserver: cache.join("kube-apiserver"),
             etcd: cache.join("etcd"),
             registry: which("docker-registry")?,
+            otelcol: cache.join("otelcol"),
+            helm: cache.join("helm"),
         };
-        (bins.kube_apiserver.exists() && bins.etcd.exists() && python().is_ok()).then_some(bins)
+        let built = [&bins.kube_apiserver, &bins.etcd, &bins.otelcol, &bins.helm];
+        (built.iter().all(|p| p.exists()) && python().is_ok()).then_some(bins)
     }
 
     fn locate_or_build() -> Result<Binaries> {

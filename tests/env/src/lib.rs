@@ -27,7 +27,7 @@ use kube::api::{Api, ObjectMeta, PostParams};
 pub use binaries::Binaries;
 pub use cluster::{Cluster, Etcd};
 pub use registry::{BasicAuth, Registry};
-pub use sinks::{HttpSink, SmtpServer};
+pub use sinks::{Collector, HttpSink, SmtpServer};
 
 /// Installs ring as the process-wide rustls provider (idempotent). kube, reqwest and oci-client
 /// are all built without a provider of their own choosing, so one must be installed before TLS.
@@ -125,6 +125,7 @@ impl TestEnv {
             std::process::id(),
             RUN_COUNTER.fetch_add(1, Ordering::SeqCst)
         );
+        prune_dead_runs(&target_dir().join("testenv"));
         let run_dir = target_dir().join("testenv").join(run_name);
         let _ = std::fs::remove_dir_all(&run_dir);
         let data = run_dir.join("data");
@@ -193,42 +194,16 @@ impl TestEnv {
     /// Creates a namespace `<prefix>-<n>` in cluster `i`, unique within this test binary, so tests
     /// sharing an environment stay isolated.
     pub async fn namespace(&self, i: usize, prefix: &str) -> Result<String> {
-        static NS_COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "{prefix}-{}-{}",
-            std::process::id() % 100_000,
-            NS_COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
-        let api: Api<Namespace> = Api::all(self.clusters[i].client().await?);
-        let ns = Namespace {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        api.create(&PostParams::default(), &ns).await?;
+        let name = unique_name(prefix);
+        create_namespace(&self.clusters[i], &name).await?;
         Ok(name)
     }
 
-    /// Creates the namespace `<prefix>-<n>` in every cluster (same name everywhere).
+    /// Creates one namespace `<prefix>-<n>` in every cluster (same name everywhere).
     pub async fn namespace_everywhere(&self, prefix: &str) -> Result<String> {
-        static NS_COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "{prefix}-all-{}-{}",
-            std::process::id() % 100_000,
-            NS_COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
+        let name = unique_name(prefix);
         for c in &self.clusters {
-            let api: Api<Namespace> = Api::all(c.client().await?);
-            let ns = Namespace {
-                metadata: ObjectMeta {
-                    name: Some(name.clone()),
-                    ..Default::default()
-                },
-                ..Default::default()
-            };
-            api.create(&PostParams::default(), &ns).await?;
+            create_namespace(c, &name).await?;
         }
         Ok(name)
     }
@@ -261,6 +236,55 @@ impl Drop for TestEnv {
         self.etcd = None;
         let _ = std::fs::remove_dir_all(&self.run_dir);
     }
+}
+
+/// Removes the run folders of test processes that exited more than two hours ago: shared
+/// environments keep their data and logs for post-mortems (the whole of a suite run stays
+/// readable), and would otherwise pile up run after run.
+fn prune_dead_runs(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        // `<name>-<pid>-<n>`: the pid is the second field from the end.
+        let pid = name.rsplit('-').nth(1).and_then(|p| p.parse::<u32>().ok());
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(2 * 3600));
+        if let Some(pid) = pid
+            && old
+            && pid != std::process::id()
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+fn unique_name(prefix: &str) -> String {
+    static NS_COUNTER: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id() % 100_000,
+        NS_COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+async fn create_namespace(cluster: &Cluster, name: &str) -> Result<()> {
+    let api: Api<Namespace> = Api::all(cluster.client().await?);
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    api.create(&PostParams::default(), &ns).await?;
+    Ok(())
 }
 
 /// One environment for all the tests of a test binary, started on first use. It lives until the

@@ -153,3 +153,87 @@ impl SmtpServer {
         out
     }
 }
+
+/// A real OpenTelemetry Collector (built from its Go modules) receiving OTLP/HTTP and writing
+/// every span it gets to a JSON-lines file.
+pub struct Collector {
+    /// OTLP/HTTP endpoint, `http://127.0.0.1:PORT`, for OTEL_EXPORTER_OTLP_ENDPOINT.
+    pub endpoint: String,
+    file: PathBuf,
+    _process: Process,
+}
+
+impl Collector {
+    /// Starts the collector and waits until its OTLP receiver listens.
+    pub async fn start(dir: &Path, log_dir: &Path) -> Result<Self> {
+        let bins = crate::Binaries::get()?;
+        let port = free_port()?;
+        let work = dir.join(format!("otelcol-{port}"));
+        std::fs::create_dir_all(&work)?;
+        let file = work.join("spans.jsonl");
+        let config = serde_json::json!({
+            "receivers": {"otlp": {"protocols": {"http": {"endpoint": format!("127.0.0.1:{port}")}}}},
+            "exporters": {"file": {"path": file, "flush_interval": "100ms"}},
+            "service": {
+                "pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["file"]}},
+                "telemetry": {"metrics": {"level": "none"}},
+            },
+        });
+        let config_path = work.join("config.yaml");
+        std::fs::write(&config_path, serde_yaml::to_string(&config)?)?;
+        let mut process = Process::spawn(
+            &format!("otelcol-{port}"),
+            &bins.otelcol,
+            &[format!("--config={}", config_path.display())],
+            log_dir,
+        )?;
+        wait_until("otelcol OTLP receiver", Duration::from_secs(30), || {
+            let running = process.check_running();
+            async move {
+                running?;
+                Ok(tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok())
+            }
+        })
+        .await?;
+        Ok(Self {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            file,
+            _process: process,
+        })
+    }
+
+    /// Every span written so far (OTLP JSON objects, flattened out of their resource and scope).
+    pub fn spans(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(&self.file).unwrap_or_default();
+        let mut out = Vec::new();
+        for line in text.lines() {
+            let Ok(doc) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            for rs in doc["resourceSpans"].as_array().into_iter().flatten() {
+                for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                    out.extend(ss["spans"].as_array().into_iter().flatten().cloned());
+                }
+            }
+        }
+        out
+    }
+
+    /// Waits until the spans satisfy `done`, returning them (whatever they are at the timeout).
+    pub async fn wait_for_spans(
+        &self,
+        done: impl Fn(&[serde_json::Value]) -> bool,
+        timeout: Duration,
+    ) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let spans = self.spans();
+            if done(&spans) || std::time::Instant::now() > deadline {
+                return spans;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
