@@ -99,6 +99,21 @@ async fn clusters_come_and_go_at_runtime() {
     })
     .await;
 
+    // A kubeconfig that would run code is refused (reported, not started).
+    let mut exec: serde_yaml::Value =
+        serde_yaml::from_str(&env.clusters[1].kubeconfig_yaml).expect("yaml");
+    let marker = env.run_dir.join("exec-plugin-ran");
+    exec["users"][0]["user"] = serde_yaml::from_str(&format!(
+        "exec: {{apiVersion: client.authentication.k8s.io/v1, command: /bin/sh, args: [-c, 'touch {}']}}",
+        marker.display()
+    ))
+    .expect("exec user");
+    std::fs::write(
+        dir.join("runs-code.yaml"),
+        serde_yaml::to_string(&exec).expect("yaml"),
+    )
+    .expect("write");
+
     // A corrupted kubeconfig: a clear error in /readyz and the log, the others carry on.
     std::fs::write(
         dir.join("broken.yaml"),
@@ -112,6 +127,12 @@ async fn clusters_come_and_go_at_runtime() {
             assert_eq!(code, 503, "{text}");
             assert!(text.contains("invalid kubeconfig"), "{text}");
             assert!(text.contains("[+]cluster cluster-0 ok"), "{text}");
+            assert!(
+                text.contains("[-]cluster runs-code down: refused: user")
+                    && text.contains("--allow-exec-auth"),
+                "{text}"
+            );
+            assert!(!marker.exists(), "the exec plugin was run");
             break;
         }
         assert!(
@@ -131,6 +152,7 @@ async fn clusters_come_and_go_at_runtime() {
     // Removed: no longer served.
     std::fs::remove_file(dir.join("cluster-1.yaml")).expect("remove");
     std::fs::remove_file(dir.join("broken.yaml")).expect("remove");
+    std::fs::remove_file(dir.join("runs-code.yaml")).expect("remove");
     tokio::time::sleep(Duration::from_secs(3)).await;
     reg.push_tags("set/web", &["1.3.0"]).await.expect("push");
     wait_status(&c0, &ns, "web", Duration::from_secs(30), &kimup, |s| {

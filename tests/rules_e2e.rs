@@ -226,3 +226,102 @@ async fn always() {
     )
     .await;
 }
+
+/// `apply` reaches every workload kind: StatefulSets, DaemonSets and CronJobs as Deployments.
+#[tokio::test]
+async fn apply_updates_every_workload_kind() {
+    use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
+    use k8s_openapi::api::batch::v1::CronJob;
+    use kube::api::{Api, PostParams};
+
+    let env = env();
+    let cluster = &env.clusters[0];
+    let client = cluster.client().await.expect("client");
+    let ns = env.namespace(0, "kinds").await.expect("namespace");
+    let reg = env.plain_registry();
+    reg.push_tags("rules/kinds", &["3.0.0", "3.1.0"])
+        .await
+        .expect("push");
+    let image = format!("{}/rules/kinds", reg.host);
+    let old = format!("{image}:3.0.0");
+    let pod = serde_json::json!({
+        "metadata": {"labels": {"app": "x"}},
+        "spec": {"containers": [{"name": "c", "image": old}], "restartPolicy": "Never"}
+    });
+    let meta =
+        serde_json::json!({"name": "x", "annotations": {"kimup.cloudavenue.io/enabled": "true"}});
+    let sts: StatefulSet = serde_json::from_value(serde_json::json!({
+        "metadata": meta, "spec": {"serviceName": "x", "selector": {"matchLabels": {"app": "x"}},
+            "template": {"metadata": pod["metadata"], "spec": {"containers": pod["spec"]["containers"]}}}
+    }))
+    .expect("sts");
+    let ds: DaemonSet = serde_json::from_value(serde_json::json!({
+        "metadata": meta, "spec": {"selector": {"matchLabels": {"app": "x"}},
+            "template": {"metadata": pod["metadata"], "spec": {"containers": pod["spec"]["containers"]}}}
+    }))
+    .expect("ds");
+    let cj: CronJob = serde_json::from_value(serde_json::json!({
+        "metadata": meta, "spec": {"schedule": "@daily", "jobTemplate": {"spec": {"template": pod}}}
+    }))
+    .expect("cronjob");
+    Api::<StatefulSet>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &sts)
+        .await
+        .expect("sts");
+    Api::<DaemonSet>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &ds)
+        .await
+        .expect("ds");
+    Api::<CronJob>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &cj)
+        .await
+        .expect("cronjob");
+    let kimup = start_kimup(env, cluster, &ns, &[]);
+    create_image(
+        &client,
+        &ns,
+        &format!(
+            "apiVersion: kimup.cloudavenue.io/v1alpha1\nkind: Image\nmetadata: {{name: x}}\nspec:\n  image: {image}\n  baseTag: 3.0.0\n  triggers: [{{type: crontab, value: '@hourly'}}]\n  rules: [{{name: m, type: semver-minor, actions: [{{type: apply}}]}}]\n"
+        ),
+    )
+    .await;
+    wait_status(&client, &ns, "x", Duration::from_secs(60), &kimup, |s| {
+        s.tag.as_deref() == Some("3.1.0")
+    })
+    .await;
+    let new = format!("{image}:3.1.0");
+    let image_of = |spec: Option<&k8s_openapi::api::core::v1::PodSpec>| {
+        spec.and_then(|s| s.containers[0].image.clone())
+            .unwrap_or_default()
+    };
+    let s = Api::<StatefulSet>::namespaced(client.clone(), &ns)
+        .get("x")
+        .await
+        .expect("get");
+    assert_eq!(
+        image_of(s.spec.as_ref().and_then(|s| s.template.spec.as_ref())),
+        new
+    );
+    let d = Api::<DaemonSet>::namespaced(client.clone(), &ns)
+        .get("x")
+        .await
+        .expect("get");
+    assert_eq!(
+        image_of(d.spec.as_ref().and_then(|s| s.template.spec.as_ref())),
+        new
+    );
+    let c = Api::<CronJob>::namespaced(client.clone(), &ns)
+        .get("x")
+        .await
+        .expect("get");
+    assert_eq!(
+        image_of(
+            c.spec
+                .job_template
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+        ),
+        new
+    );
+}

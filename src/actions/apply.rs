@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{Namespace, PodSpec};
+use k8s_openapi::api::core::v1::{Namespace, PodSpec, PodTemplateSpec};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, Resource};
 use serde_json::json;
@@ -40,11 +40,27 @@ pub struct WorkloadChange {
     pub containers: Vec<ContainerChange>,
 }
 
-/// Whether annotations opt in (`kimup.cloudavenue.io/enabled: "true"`).
-pub fn opted_in(annotations: Option<&BTreeMap<String, String>>) -> bool {
-    annotations
-        .and_then(|a| a.get(ANNOTATION_ENABLED))
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+/// What annotations say about opting in: `Some(true)` for `kimup.cloudavenue.io/enabled: "true"`,
+/// `Some(false)` for `"false"`, None when absent (or any other value).
+pub fn opt_in(annotations: Option<&BTreeMap<String, String>>) -> Option<bool> {
+    match annotations?.get(ANNOTATION_ENABLED)?.trim() {
+        v if v.eq_ignore_ascii_case("true") => Some(true),
+        v if v.eq_ignore_ascii_case("false") => Some(false),
+        _ => None,
+    }
+}
+
+/// Whether a workload is opted in: its own annotation, else its pod template's, else its
+/// namespace's decides, so `"false"` on a workload (or its pods) excludes it from an enabled
+/// namespace, as in kimup.
+pub fn workload_opted_in(
+    workload: Option<&BTreeMap<String, String>>,
+    pod_template: Option<&BTreeMap<String, String>>,
+    namespace: bool,
+) -> bool {
+    opt_in(workload)
+        .or(opt_in(pod_template))
+        .unwrap_or(namespace)
 }
 
 /// The image string a container should get: same repository spelling as the user wrote it, new
@@ -146,36 +162,32 @@ pub async fn apply_to_workloads(
     let ns_opted = ns_api
         .get_opt(namespace)
         .await?
-        .is_some_and(|n| opted_in(n.metadata.annotations.as_ref()));
+        .is_some_and(|n| opt_in(n.metadata.annotations.as_ref()) == Some(true));
     let target = Target { image, tag, digest };
     let pod = ["spec", "template"];
     let job = ["spec", "jobTemplate", "spec", "template"];
     let mut changes = Vec::new();
     changes.extend(
         patch_kind::<Deployment>(client, namespace, ns_opted, target, &pod, |w| {
-            w.spec.as_ref().and_then(|s| s.template.spec.as_ref())
+            w.spec.as_ref().map(|s| &s.template)
         })
         .await?,
     );
     changes.extend(
         patch_kind::<StatefulSet>(client, namespace, ns_opted, target, &pod, |w| {
-            w.spec.as_ref().and_then(|s| s.template.spec.as_ref())
+            w.spec.as_ref().map(|s| &s.template)
         })
         .await?,
     );
     changes.extend(
         patch_kind::<DaemonSet>(client, namespace, ns_opted, target, &pod, |w| {
-            w.spec.as_ref().and_then(|s| s.template.spec.as_ref())
+            w.spec.as_ref().map(|s| &s.template)
         })
         .await?,
     );
     changes.extend(
         patch_kind::<CronJob>(client, namespace, ns_opted, target, &job, |w| {
-            w.spec
-                .job_template
-                .spec
-                .as_ref()
-                .and_then(|s| s.template.spec.as_ref())
+            w.spec.job_template.spec.as_ref().map(|s| &s.template)
         })
         .await?,
     );
@@ -190,7 +202,7 @@ async fn patch_kind<K>(
     ns_opted: bool,
     target: Target<'_>,
     path: &[&str],
-    pod_spec: impl Fn(&K) -> Option<&PodSpec>,
+    pod_template: impl Fn(&K) -> Option<&PodTemplateSpec>,
 ) -> Result<Vec<WorkloadChange>, kube::Error>
 where
     K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
@@ -202,10 +214,17 @@ where
     let mut out = Vec::new();
     for workload in api.list(&ListParams::default()).await? {
         let meta = workload.meta();
-        if !(ns_opted || opted_in(meta.annotations.as_ref())) {
+        let Some(template) = pod_template(&workload) else {
+            continue;
+        };
+        let template_annotations = template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref());
+        if !workload_opted_in(meta.annotations.as_ref(), template_annotations, ns_opted) {
             continue;
         }
-        let Some(spec) = pod_spec(&workload) else {
+        let Some(spec) = template.spec.as_ref() else {
             continue;
         };
         let containers = plan_pod_spec(spec, target.image, target.tag, target.digest);
@@ -307,13 +326,27 @@ mod tests {
     }
 
     #[test]
-    fn opt_in_needs_true() {
-        let mut a = BTreeMap::new();
-        assert!(!opted_in(Some(&a)));
-        a.insert(ANNOTATION_ENABLED.to_string(), "false".to_string());
-        assert!(!opted_in(Some(&a)));
-        a.insert(ANNOTATION_ENABLED.to_string(), "True".to_string());
-        assert!(opted_in(Some(&a)));
-        assert!(!opted_in(None));
+    fn opt_in_workload_then_pods_then_namespace() {
+        let ann = |v: &str| BTreeMap::from([(ANNOTATION_ENABLED.to_string(), v.to_string())]);
+        assert_eq!(opt_in(None), None);
+        assert_eq!(opt_in(Some(&BTreeMap::new())), None);
+        assert_eq!(opt_in(Some(&ann("True"))), Some(true));
+        assert_eq!(opt_in(Some(&ann("false"))), Some(false));
+        assert_eq!(opt_in(Some(&ann("yes"))), None);
+        // Namespace decides when the workload and its pods say nothing.
+        assert!(workload_opted_in(None, None, true));
+        assert!(!workload_opted_in(None, None, false));
+        // "false" on the workload or its pods excludes it from an enabled namespace.
+        assert!(!workload_opted_in(Some(&ann("false")), None, true));
+        assert!(!workload_opted_in(None, Some(&ann("false")), true));
+        // "true" on the workload or its pods includes it in a namespace that is not enabled.
+        assert!(workload_opted_in(Some(&ann("true")), None, false));
+        assert!(workload_opted_in(None, Some(&ann("true")), false));
+        // The workload's own annotation wins over its pods'.
+        assert!(workload_opted_in(
+            Some(&ann("true")),
+            Some(&ann("false")),
+            false
+        ));
     }
 }
