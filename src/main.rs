@@ -77,6 +77,10 @@ fn main() -> std::process::ExitCode {
             }
         }
         Command::Run(args) => {
+            if let Err(e) = kimup::run::validate(&args) {
+                eprintln!("error: {e}");
+                return 2.into();
+            }
             let _telemetry = match telemetry::init(cli.log_format, &cli.log_level) {
                 Ok(guard) => guard,
                 Err(e) => {

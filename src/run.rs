@@ -98,15 +98,53 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("invalid duration {s:?}: expected e.g. 30s, 5m, 500ms"))?;
+    let too_long = || format!("invalid duration {s:?}: too long");
     match unit {
         "" | "s" => Ok(Duration::from_secs(n)),
         "ms" => Ok(Duration::from_millis(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
+        "m" => n
+            .checked_mul(60)
+            .map(Duration::from_secs)
+            .ok_or_else(too_long),
+        "h" => n
+            .checked_mul(3600)
+            .map(Duration::from_secs)
+            .ok_or_else(too_long),
         _ => Err(format!(
             "invalid duration {s:?}: unit must be ms, s, m or h"
         )),
     }
+}
+
+/// Checks the flags that clap cannot check alone (pure).
+pub fn validate(args: &RunArgs) -> Result<(), String> {
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+    if args.leader_elect {
+        if args.lease_duration < Duration::from_secs(1)
+            || args.lease_duration > Duration::from_secs(3600)
+        {
+            return Err("--lease-duration must be between 1s and 1h".into());
+        }
+        if args.renew_deadline >= args.lease_duration {
+            return Err("--renew-deadline must be shorter than --lease-duration".into());
+        }
+        if args.retry_period.is_zero() || args.retry_period >= args.renew_deadline {
+            return Err("--retry-period must be above 0 and shorter than --renew-deadline".into());
+        }
+    }
+    if args.tag_cache_ttl > DAY {
+        return Err("--tag-cache-ttl must be at most 24h".into());
+    }
+    if args.cluster_poll_interval < Duration::from_millis(100) || args.cluster_poll_interval > DAY {
+        return Err("--cluster-poll-interval must be between 100ms and 24h".into());
+    }
+    if args.registry_timeout.is_zero() || args.registry_timeout > Duration::from_secs(3600) {
+        return Err("--registry-timeout must be between 1ms and 1h".into());
+    }
+    if args.registry_concurrency == 0 || args.concurrency == 0 {
+        return Err("--registry-concurrency and --concurrency must be at least 1".into());
+    }
+    Ok(())
 }
 
 /// Builds the process-wide services from the flags.
@@ -139,9 +177,7 @@ pub fn shared(args: &RunArgs) -> Result<Arc<Shared>> {
 
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(args: RunArgs) -> Result<()> {
-    if args.renew_deadline >= args.lease_duration {
-        anyhow::bail!("--renew-deadline must be shorter than --lease-duration");
-    }
+    validate(&args).map_err(|e| anyhow::anyhow!(e))?;
     let shared = shared(&args)?;
     let health = Health::default();
     let shutdown = CancellationToken::new();
@@ -428,5 +464,42 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("99999999999999999999h").is_err());
+        assert!(
+            parse_duration("9999999999999999999h")
+                .unwrap_err()
+                .contains("too long")
+        );
+    }
+
+    #[test]
+    fn probe_errors_say_what_to_fix() {
+        let api = |code: u16| {
+            kube::Error::Api(
+                kube::core::Status::failure("m", "r")
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        assert!(probe_error(&api(404)).contains("Image CRD"));
+        assert!(probe_error(&api(403)).contains("credentials refused (403)"));
+        assert!(probe_error(&api(500)).contains("answered 500"));
     }
 }

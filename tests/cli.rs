@@ -164,6 +164,15 @@ fn evaluate_rejects_bad_input_with_exit_2() {
         ),
         (&["evaluate", "--bogus-flag"], "--bogus-flag"),
         (&["run", "--tag-cache-ttl", "soon"], "invalid duration"),
+        (
+            &["run", "--tag-cache-ttl", "400h"],
+            "--tag-cache-ttl must be at most 24h",
+        ),
+        (
+            &["run", "--leader-elect", "--renew-deadline", "20s"],
+            "--renew-deadline must be shorter",
+        ),
+        (&["run", "--concurrency", "0"], "at least 1"),
     ];
     for (args, needle) in cases {
         let out = kimup(args);
