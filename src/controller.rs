@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, instrument, warn};
 
 use crate::actions::apply::FIELD_MANAGER;
-use crate::api::{ANNOTATION_ACTION, ANNOTATION_TAG, Image};
+use crate::api::{ANNOTATION_ACTION, ANNOTATION_TAG, Image, TriggerType};
 use crate::sync::{self, Shared, SyncReport, TriggerReason};
 
 /// Errors that make the controller retry an Image later.
@@ -50,6 +50,8 @@ impl ReconcileError {
 #[derive(Default)]
 struct Memory {
     last_run: HashMap<String, LastRun>,
+    /// Images a registry webhook asked to sync, by uid.
+    pushed: std::collections::HashSet<String>,
 }
 
 /// The last sync of an Image.
@@ -111,6 +113,19 @@ impl ClusterContext {
         }
     }
 
+    fn mark_pushed(&self, uid: &str) {
+        if let Ok(mut m) = self.memory.lock() {
+            m.pushed.insert(uid.to_string());
+        }
+    }
+
+    fn take_pushed(&self, uid: &str) -> bool {
+        self.memory
+            .lock()
+            .map(|mut m| m.pushed.remove(uid))
+            .unwrap_or(false)
+    }
+
     /// Forget every Image, so that each syncs again (a new leader re-syncs everything).
     pub fn forget_all(&self) {
         if let Ok(mut m) = self.memory.lock() {
@@ -129,13 +144,16 @@ pub enum Plan {
 }
 
 /// Decides whether an Image syncs now (pure: everything it needs is passed in).
-pub fn plan(image: &Image, last_run: Option<LastRun>, now: DateTime<Utc>) -> Plan {
+pub fn plan(image: &Image, last_run: Option<LastRun>, pushed: bool, now: DateTime<Utc>) -> Plan {
     let annotation = image
         .annotations()
         .get(ANNOTATION_ACTION)
         .map(|v| v.trim().to_ascii_lowercase());
     if matches!(annotation.as_deref(), Some("refresh" | "reload")) {
         return Plan::Sync(TriggerReason::Annotation);
+    }
+    if pushed {
+        return Plan::Sync(TriggerReason::Webhook);
     }
     let Some(LastRun {
         at: last,
@@ -173,8 +191,11 @@ pub async fn run(
     // Leadership gained => forget and re-sync everything; a standby's view may be stale.
     let ctx_for_leader = ctx.clone();
     let relist = leadership_gained(ctx.leader.clone(), move || ctx_for_leader.forget_all());
-    Controller::new(images, watcher::Config::default().any_semantic())
+    let controller = Controller::new(images, watcher::Config::default().any_semantic());
+    let pushed = pushed_images(ctx.clone(), controller.store());
+    controller
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+        .reconcile_all_on(pushed)
         .reconcile_all_on(relist)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())
@@ -194,6 +215,47 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// Marks the Images of this cluster that a registry webhook announces a push for (those with a
+/// webhook trigger and the pushed repository) and yields once per push that marked any, to
+/// re-queue every Image: `plan` syncs the marked ones and leaves the others waiting. (Queueing
+/// only the marked ones needs kube's unstable `reconcile_on`.)
+fn pushed_images(
+    ctx: Arc<ClusterContext>,
+    store: kube::runtime::reflector::Store<Image>,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    let rx = ctx.shared.pushes.subscribe();
+    futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(event) => return Some((event, rx)),
+                // Missed pushes are caught by the next cron tick; keep listening.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    warn!(missed = n, "webhook pushes dropped: controller too slow");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .flat_map(move |event| {
+        let matching = store
+            .state()
+            .into_iter()
+            .filter(|img| {
+                img.spec
+                    .triggers
+                    .iter()
+                    .any(|t| t.type_ == TriggerType::Webhook)
+            })
+            .filter(|img| {
+                sync::image_ref(img).is_ok_and(|r| crate::triggers::webhook::matches(&event, &r))
+            })
+            .filter_map(|img| img.uid())
+            .inspect(|uid| ctx.mark_pushed(uid))
+            .count();
+        futures::stream::iter((matching > 0).then_some(()))
+    })
 }
 
 /// A stream that yields once each time leadership is gained, after calling `on_gain`.
@@ -229,7 +291,7 @@ async fn reconcile(image: Arc<Image>, ctx: Arc<ClusterContext>) -> Result<Action
     }
     let uid = image.uid().unwrap_or_else(|| format!("{namespace}/{name}"));
     let now = Utc::now();
-    let reason = match plan(&image, ctx.last_run(&uid), now) {
+    let reason = match plan(&image, ctx.last_run(&uid), ctx.take_pushed(&uid), now) {
         Plan::Sync(reason) => reason,
         Plan::Wait(next) => return Ok(requeue_at(next, now)),
     };
@@ -416,7 +478,7 @@ spec:
     #[test]
     fn first_sight_syncs_at_startup() {
         assert_eq!(
-            plan(&image(BASE), None, at("2026-01-01T00:00:00Z")),
+            plan(&image(BASE), None, false, at("2026-01-01T00:00:00Z")),
             Plan::Sync(TriggerReason::Startup)
         );
     }
@@ -432,6 +494,7 @@ spec:
             plan(
                 &img,
                 ran("2026-01-01T00:00:00Z", 1),
+                false,
                 at("2026-01-01T00:00:01Z")
             ),
             Plan::Sync(TriggerReason::SpecChange)
@@ -448,6 +511,7 @@ spec:
             plan(
                 &img,
                 ran("2026-01-01T00:01:00Z", 2),
+                false,
                 at("2026-01-01T00:01:01Z")
             ),
             Plan::Wait(Some(at("2026-01-01T00:05:00Z")))
@@ -463,11 +527,11 @@ spec:
         });
         let last = ran("2026-01-01T00:01:00Z", 2);
         assert_eq!(
-            plan(&img, last, at("2026-01-01T00:02:00Z")),
+            plan(&img, last, false, at("2026-01-01T00:02:00Z")),
             Plan::Wait(Some(at("2026-01-01T00:05:00Z")))
         );
         assert_eq!(
-            plan(&img, last, at("2026-01-01T00:05:00Z")),
+            plan(&img, last, false, at("2026-01-01T00:05:00Z")),
             Plan::Sync(TriggerReason::Cron)
         );
     }
@@ -485,9 +549,28 @@ spec:
             plan(
                 &img,
                 ran("2026-01-01T00:01:00Z", 2),
+                false,
                 at("2026-01-01T00:01:01Z")
             ),
             Plan::Sync(TriggerReason::Annotation)
+        );
+    }
+
+    #[test]
+    fn a_webhook_push_syncs_at_once() {
+        let mut img = image(BASE);
+        img.status = Some(ImageStatus {
+            observed_generation: Some(2),
+            ..Default::default()
+        });
+        assert_eq!(
+            plan(
+                &img,
+                ran("2026-01-01T00:01:00Z", 2),
+                true,
+                at("2026-01-01T00:01:01Z")
+            ),
+            Plan::Sync(TriggerReason::Webhook)
         );
     }
 
@@ -502,6 +585,7 @@ spec:
             plan(
                 &img,
                 ran("2026-01-01T00:01:00Z", 2),
+                false,
                 at("2026-01-02T00:00:00Z")
             ),
             Plan::Wait(None)

@@ -37,8 +37,15 @@ struct ResultLabels {
     result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookLabels {
+    source: String,
+    outcome: String,
+}
+
 struct Metrics {
     registry: Registry,
+    webhooks: Family<WebhookLabels, Counter>,
     registry_requests: Family<RegistryLabels, Counter>,
     cache_hits: Counter,
     cache_misses: Counter,
@@ -104,6 +111,12 @@ fn metrics() -> &'static Metrics {
             "1 when the cluster's Image watch is running",
             cluster_up.clone(),
         );
+        let webhooks = Family::<WebhookLabels, Counter>::default();
+        registry.register(
+            "webhooks",
+            "Registry webhook requests by source and outcome",
+            webhooks.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -112,6 +125,7 @@ fn metrics() -> &'static Metrics {
         );
         Metrics {
             registry,
+            webhooks,
             registry_requests,
             cache_hits,
             cache_misses,
@@ -190,6 +204,22 @@ pub fn cluster_up(cluster: &str, up: bool) {
             cluster: cluster.to_string(),
         })
         .set(i64::from(up));
+}
+
+/// Counts a webhook request.
+pub fn webhook(source: &str, outcome: &str) {
+    // Unknown sources are folded so that a scanner cannot grow the label set.
+    let source = match source {
+        "generic" | "dockerhub" | "harbor" | "distribution" | "ghcr" | "quay" => source,
+        _ => "unknown",
+    };
+    metrics()
+        .webhooks
+        .get_or_create(&WebhookLabels {
+            source: source.to_string(),
+            outcome: outcome.to_string(),
+        })
+        .inc();
 }
 
 /// Sets whether this replica leads.

@@ -85,6 +85,11 @@ pub struct RunArgs {
     /// Timeout of one registry request (e.g. 30s).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub registry_timeout: Duration,
+    /// Token that registry webhooks must present (`Authorization: Bearer T` or `?token=T`) on
+    /// `/webhooks/{generic,dockerhub,harbor,distribution,ghcr,quay}`; webhooks are off without one.
+    /// Prefer the KIMUP_WEBHOOK_TOKEN variable: flags show in process listings.
+    #[arg(long)]
+    pub webhook_token: Option<String>,
     /// Images synced concurrently per cluster.
     #[arg(long, default_value_t = 16)]
     pub concurrency: u16,
@@ -172,6 +177,7 @@ pub fn shared(args: &RunArgs) -> Result<Arc<Shared>> {
     Ok(Arc::new(Shared {
         tags: TagCache::new(client, args.tag_cache_ttl),
         http,
+        pushes: tokio::sync::broadcast::channel(1024).0,
     }))
 }
 
@@ -188,7 +194,24 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding --listen-addr {}", args.listen_addr))?;
     info!(addr = %listener.local_addr()?, "serving /metrics /healthz /readyz");
-    let server = tokio::spawn(server::serve(listener, health.clone()));
+    let webhook_token = args
+        .webhook_token
+        .clone()
+        .filter(|t| !t.is_empty())
+        .or_else(|| {
+            std::env::var("KIMUP_WEBHOOK_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+        });
+    let server = tokio::spawn(server::serve(
+        listener,
+        server::ServerState {
+            health: health.clone(),
+            shared: shared.clone(),
+            leader: leader_rx.clone(),
+            webhook_token: webhook_token.map(Arc::from),
+        },
+    ));
 
     let mut elector = if args.leader_elect {
         let client = home_client(&args).await?;

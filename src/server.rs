@@ -1,12 +1,18 @@
-//! HTTP endpoints: `/metrics`, `/healthz`, `/readyz` (with per-cluster detail).
+//! HTTP endpoints: `/metrics`, `/healthz`, `/readyz` (with per-cluster detail), `/webhooks/*`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::routing::{get, post};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::sync::Shared;
+use crate::triggers::webhook::{Source, WebhookError, parse};
 
 /// Health of each cluster as shown by `/readyz`.
 #[derive(Clone, Default)]
@@ -66,18 +72,36 @@ impl Health {
     }
 }
 
+/// What the endpoints need.
+#[derive(Clone)]
+pub struct ServerState {
+    /// Per-cluster health.
+    pub health: Health,
+    /// The tag cache and the push fan-out.
+    pub shared: Arc<Shared>,
+    /// True while this replica leads.
+    pub leader: watch::Receiver<bool>,
+    /// Token webhooks must present; webhooks are disabled without one.
+    pub webhook_token: Option<Arc<str>>,
+}
+
+/// Largest webhook body accepted: registry payloads are a few KiB.
+const WEBHOOK_BODY_LIMIT: usize = 1024 * 1024;
+
 /// Serves the endpoints on `listener` until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, health: Health) -> std::io::Result<()> {
+pub async fn serve(listener: tokio::net::TcpListener, state: ServerState) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(|| async { crate::metrics::encode() }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .with_state(health);
+        .route("/webhooks/{source}", post(webhook))
+        .layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT))
+        .with_state(state);
     axum::serve(listener, app).await
 }
 
-async fn readyz(State(health): State<Health>) -> (StatusCode, String) {
-    let (ok, text) = health.report();
+async fn readyz(State(state): State<ServerState>) -> (StatusCode, String) {
+    let (ok, text) = state.health.report();
     (
         if ok {
             StatusCode::OK
@@ -86,4 +110,106 @@ async fn readyz(State(health): State<Health>) -> (StatusCode, String) {
         },
         text,
     )
+}
+
+/// Whether the request carries the token, as a bearer header or a `token` query parameter (some
+/// registries, Docker Hub among them, cannot set headers).
+pub fn authorised(expected: &str, authorization: Option<&str>, query: Option<&str>) -> bool {
+    let from_header = authorization
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim);
+    let from_query = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
+    [from_header, from_query]
+        .into_iter()
+        .flatten()
+        .any(|t| constant_time_eq(t.as_bytes(), expected.as_bytes()))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn webhook(
+    State(state): State<ServerState>,
+    Path(source): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, [(&'static str, &'static str); 1], String) {
+    let plain = [("content-type", "text/plain")];
+    let Some(token) = &state.webhook_token else {
+        return (
+            StatusCode::NOT_FOUND,
+            plain,
+            "webhooks are disabled: start kimup with KIMUP_WEBHOOK_TOKEN\n".into(),
+        );
+    };
+    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
+    if !authorised(token, authorization, uri.query()) {
+        crate::metrics::webhook(&source, "unauthorized");
+        return (
+            StatusCode::UNAUTHORIZED,
+            plain,
+            "missing or wrong webhook token\n".into(),
+        );
+    }
+    let parsed = source.parse::<Source>().and_then(|s| parse(s, &body));
+    let events = match parsed {
+        Ok(events) => events,
+        Err(e) => {
+            crate::metrics::webhook(&source, e.metric_label());
+            warn!(source = %source, error = %e, "webhook refused");
+            let code = if matches!(e, WebhookError::UnknownSource(_)) {
+                StatusCode::NOT_FOUND
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            return (code, plain, format!("{e}\n"));
+        }
+    };
+    // A standby must not act, and would lose the push: ask the sender to retry (the Service may
+    // route the retry to the leader; distribution retries with backoff).
+    if !*state.leader.borrow() {
+        crate::metrics::webhook(&source, "not_leader");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("retry-after", "1")],
+            "not the leader\n".into(),
+        );
+    }
+    for event in &events {
+        state
+            .shared
+            .tags
+            .invalidate(event.registry.as_deref(), &event.repository)
+            .await;
+        info!(source = %source, registry = event.registry.as_deref().unwrap_or("*"), repository = %event.repository, tag = event.tag.as_deref().unwrap_or(""), "registry push announced");
+        // No receiver means no cluster is running yet; the start-up sync will see the push.
+        let _ = state.shared.pushes.send(event.clone());
+    }
+    crate::metrics::webhook(&source, "accepted");
+    (
+        StatusCode::ACCEPTED,
+        plain,
+        format!("{} push(es) accepted\n", events.len()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhook_tokens() {
+        assert!(authorised("s3cret", Some("Bearer s3cret"), None));
+        assert!(authorised("s3cret", None, Some("a=1&token=s3cret")));
+        assert!(!authorised(
+            "s3cret",
+            Some("Bearer wrong"),
+            Some("token=nope")
+        ));
+        assert!(!authorised("s3cret", Some("Basic s3cret"), None));
+        assert!(!authorised("s3cret", None, None));
+        assert!(!authorised("s3cret", Some("Bearer s3cre"), None));
+    }
 }

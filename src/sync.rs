@@ -190,6 +190,8 @@ pub struct Shared {
     pub tags: TagCache,
     /// HTTP client for alerts.
     pub http: reqwest::Client,
+    /// Registry pushes announced by webhooks, fanned out to every cluster's controller.
+    pub pushes: tokio::sync::broadcast::Sender<crate::triggers::webhook::RepoEvent>,
 }
 
 /// Validates the Image's triggers and returns its cron schedules (pure).

@@ -42,7 +42,7 @@ fn chart_lints_and_refuses_unsafe_values() {
         "--strict",
         c,
         "--set",
-        "clusters.kubeconfigSecret=clusters",
+        "clusters.kubeconfigSecret=clusters,webhookTokenSecret=hooks,otlpEndpoint=http://c:4318",
     ]);
     assert!(ok, "helm lint: {out}{err}");
     let (ok, _, err) = helm(&["template", "k", c, "--set", "leaderElection.enabled=false"]);
@@ -77,9 +77,10 @@ async fn rendered_chart_applies_and_its_rbac_is_enough_for_kimup() {
         &release_ns,
         "--include-crds",
         "--set",
-        "clusters.kubeconfigSecret=clusters",
+        "clusters.kubeconfigSecret=clusters,webhookTokenSecret=hooks",
     ]);
     assert!(ok, "helm template: {err}");
+    assert!(rendered.contains("KIMUP_WEBHOOK_TOKEN") && rendered.contains("--kubeconfig-dir=/etc/kimup/clusters"));
     let mut kinds = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(&rendered) {
         let value = <serde_yaml::Value as serde::Deserialize>::deserialize(doc).expect("yaml");

@@ -87,11 +87,14 @@ impl TagCache {
             .map_err(|e: Arc<RegistryError>| (*e).clone())
     }
 
-    /// Drops the cached lists of a repository (all credentials), e.g. after a registry webhook.
-    pub async fn invalidate(&self, registry: &str, repository: &str) {
+    /// Drops the cached lists of a repository (all credentials, and every registry when
+    /// `registry` is None), e.g. after a registry webhook.
+    pub async fn invalidate(&self, registry: Option<&str>, repository: &str) {
         if let Some(cache) = &self.cache {
-            let (r, p) = (registry.to_string(), repository.to_string());
-            let _ = cache.invalidate_entries_if(move |k, _| k.registry == r && k.repository == p);
+            let (r, p) = (registry.map(str::to_string), repository.to_string());
+            let _ = cache.invalidate_entries_if(move |k, _| {
+                k.repository == p && r.as_ref().is_none_or(|r| *r == k.registry)
+            });
             cache.run_pending_tasks().await;
         }
     }

@@ -39,7 +39,28 @@ pub struct Registry {
 impl Registry {
     /// Starts a registry over plain HTTP, without auth.
     pub async fn start_plain(bins: &Binaries, dir: &Path, log_dir: &Path) -> Result<Self> {
-        Self::start("registry-plain", bins, dir, log_dir, None).await
+        Self::start("registry-plain", bins, dir, log_dir, None, None).await
+    }
+
+    /// Starts a plain-HTTP registry that sends distribution notifications of every push to `url`
+    /// with `Authorization: Bearer <token>`.
+    pub async fn start_notifying(
+        name: &str,
+        bins: &Binaries,
+        dir: &Path,
+        log_dir: &Path,
+        url: &str,
+        token: &str,
+    ) -> Result<Self> {
+        let notifications = serde_json::json!({"endpoints": [{
+            "name": "kimup",
+            "url": url,
+            "headers": {"Authorization": [format!("Bearer {token}")]},
+            "timeout": "2s",
+            "threshold": 3,
+            "backoff": "1s",
+        }]});
+        Self::start(name, bins, dir, log_dir, None, Some(notifications)).await
     }
 
     /// Starts a registry over TLS (certificate from a fresh CA) with htpasswd basic auth.
@@ -49,7 +70,7 @@ impl Registry {
         log_dir: &Path,
         auth: BasicAuth,
     ) -> Result<Self> {
-        Self::start("registry-tls", bins, dir, log_dir, Some(auth)).await
+        Self::start("registry-tls", bins, dir, log_dir, Some(auth), None).await
     }
 
     async fn start(
@@ -58,6 +79,7 @@ impl Registry {
         dir: &Path,
         log_dir: &Path,
         auth: Option<BasicAuth>,
+        notifications: Option<serde_json::Value>,
     ) -> Result<Self> {
         let dir = dir.join(name);
         std::fs::create_dir_all(dir.join("storage"))?;
@@ -73,6 +95,9 @@ impl Registry {
             },
             "http": {"addr": host, "secret": "kimup-testenv-secret"},
         });
+        if let Some(n) = notifications {
+            config["notifications"] = n;
+        }
         let mut ca_pem = None;
         if let Some(auth) = &auth {
             let ca = Ca::new(&format!("{name}-ca"))?;
