@@ -80,7 +80,10 @@ async fn rendered_chart_applies_and_its_rbac_is_enough_for_kimup() {
         "clusters.kubeconfigSecret=clusters,webhookTokenSecret=hooks",
     ]);
     assert!(ok, "helm template: {err}");
-    assert!(rendered.contains("KIMUP_WEBHOOK_TOKEN") && rendered.contains("--kubeconfig-dir=/etc/kimup/clusters"));
+    assert!(
+        rendered.contains("KIMUP_WEBHOOK_TOKEN")
+            && rendered.contains("--kubeconfig-dir=/etc/kimup/clusters")
+    );
     let mut kinds = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(&rendered) {
         let value = <serde_yaml::Value as serde::Deserialize>::deserialize(doc).expect("yaml");
