@@ -230,7 +230,7 @@ fn pushed_images(
         loop {
             match rx.recv().await {
                 Ok(event) => return Some((event, rx)),
-                // Missed pushes are caught by the next cron tick; keep listening.
+                // Missed pushes are seen at the Images' next trigger; keep listening.
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     warn!(missed = n, "webhook pushes dropped: controller too slow");
                 }
