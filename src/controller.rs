@@ -126,6 +126,14 @@ impl ClusterContext {
             .unwrap_or(false)
     }
 
+    /// Forgets Images that no longer exist (their uid is not in `live`).
+    fn retain(&self, live: &std::collections::HashSet<String>) {
+        if let Ok(mut m) = self.memory.lock() {
+            m.last_run.retain(|uid, _| live.contains(uid));
+            m.pushed.retain(|uid| live.contains(uid));
+        }
+    }
+
     /// Forget every Image, so that each syncs again (a new leader re-syncs everything).
     pub fn forget_all(&self) {
         if let Ok(mut m) = self.memory.lock() {
@@ -193,6 +201,15 @@ pub async fn run(
     let relist = leadership_gained(ctx.leader.clone(), move || ctx_for_leader.forget_all());
     let controller = Controller::new(images, watcher::Config::default().any_semantic());
     let pushed = pushed_images(ctx.clone(), controller.store());
+    // Deleted Images never reach `reconcile`: drop what the memory holds for them now and then.
+    let (store, ctx_for_gc) = (controller.store(), ctx.clone());
+    let gc = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            let live = store.state().iter().filter_map(|i| i.uid()).collect();
+            ctx_for_gc.retain(&live);
+        }
+    });
     controller
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .reconcile_all_on(pushed)
@@ -215,6 +232,7 @@ pub async fn run(
             }
         })
         .await;
+    gc.abort();
 }
 
 /// Marks the Images of this cluster that a registry webhook announces a push for (those with a
@@ -572,6 +590,38 @@ spec:
             ),
             Plan::Sync(TriggerReason::Webhook)
         );
+    }
+
+    #[tokio::test]
+    async fn memory_forgets_deleted_images_and_takes_pushes_once() {
+        let config = kube::Config::new("http://127.0.0.1:1".parse().expect("url"));
+        let client = Client::try_from(config).expect("client without connecting");
+        let client_for_alerts = reqwest::Client::new();
+        let registry = Arc::new(
+            crate::registry::RegistryClient::new(Default::default()).expect("registry client"),
+        );
+        let shared = Arc::new(Shared {
+            tags: crate::registry::TagCache::new(registry, Duration::ZERO),
+            http: client_for_alerts,
+            pushes: tokio::sync::broadcast::channel(4).0,
+        });
+        let ctx = ClusterContext::new("c", client, shared, watch::channel(true).1, None);
+        let run = LastRun {
+            at: at("2026-01-01T00:00:00Z"),
+            generation: Some(1),
+        };
+        ctx.set_last_run("a", run);
+        ctx.set_last_run("b", run);
+        ctx.mark_pushed("b");
+        ctx.retain(&["a".to_string()].into());
+        assert_eq!(ctx.last_run("a"), Some(run));
+        assert_eq!(ctx.last_run("b"), None);
+        assert!(!ctx.take_pushed("b"), "deleted Image's push forgotten");
+        ctx.mark_pushed("a");
+        assert!(ctx.take_pushed("a"));
+        assert!(!ctx.take_pushed("a"), "a push is taken once");
+        ctx.forget_all();
+        assert_eq!(ctx.last_run("a"), None);
     }
 
     #[test]
