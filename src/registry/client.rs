@@ -8,7 +8,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, LINK, RETRY_AFTER, WWW_AUTHENTICATE};
 use serde::Deserialize;
@@ -581,15 +580,6 @@ fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-/// `Basic` header value, for tests and tools.
-pub fn basic_auth_value(c: &Credential) -> String {
-    let raw = format!("{}:{}", c.username, c.password);
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(raw)
-    )
 }
 
 #[cfg(test)]
