@@ -118,10 +118,17 @@ pub fn authorised(expected: &str, authorization: Option<&str>, query: Option<&st
     let from_header = authorization
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(str::trim);
-    let from_query = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
-    [from_header, from_query]
+    // Query values arrive percent-encoded: a token with `+`, `/` or `=` must still match.
+    let from_query = query.and_then(|q| {
+        reqwest::Url::parse(&format!("http://query.invalid/?{q}"))
+            .ok()?
+            .query_pairs()
+            .find_map(|(k, v)| (k == "token").then(|| v.into_owned()))
+    });
+    from_header
+        .map(str::to_string)
         .into_iter()
-        .flatten()
+        .chain(from_query)
         .any(|t| constant_time_eq(t.as_bytes(), expected.as_bytes()))
 }
 
@@ -211,5 +218,6 @@ mod tests {
         assert!(!authorised("s3cret", Some("Basic s3cret"), None));
         assert!(!authorised("s3cret", None, None));
         assert!(!authorised("s3cret", Some("Bearer s3cre"), None));
+        assert!(authorised("a+b/c=", None, Some("token=a%2Bb%2Fc%3D")));
     }
 }
