@@ -1,8 +1,13 @@
-//! The Image controller of one cluster: decides when an Image syncs, runs the sync, writes status
-//! and events. Only acts while this replica leads; standbys keep the watch warm.
+//! The Image controller of one cluster: decides when an Image syncs with the registry, converges
+//! its workloads at every reconcile (level-based apply), writes status and events. Only acts
+//! while this replica leads; standbys keep the watches warm.
+//!
+//! What a reconcile learned (alerts delivered, digests seen, the tag chosen) is kept in memory
+//! until its status write succeeds, and the write is retried with per-object exponential backoff,
+//! so a failed write loses nothing and repeats no action.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -10,20 +15,22 @@ use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, instrument, warn};
 
 use crate::actions::apply::FIELD_MANAGER;
-use crate::api::{ANNOTATION_ACTION, ANNOTATION_TAG, Image, TriggerType};
-use crate::sync::{self, Shared, SyncReport, TriggerReason};
+use crate::api::{ANNOTATION_ACTION, ANNOTATION_TAG, Image, ImageStatus, TriggerType};
+use crate::sync::{self, Scope, Shared, SyncReport, TriggerReason};
+use crate::workloads::{self, Workloads};
 
-/// Errors that make the controller retry an Image later.
+/// Errors that make the controller retry an Image later, with per-object backoff.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
-    /// Writing status or annotations failed.
+    /// Writing status or annotations failed; what the reconcile learned is kept until written.
     #[error("writing {what} of {namespace}/{name}: {source}")]
     Write {
         what: &'static str,
@@ -32,26 +39,41 @@ pub enum ReconcileError {
         #[source]
         source: kube::Error,
     },
+    /// Some workloads could not be written; the status names them.
+    #[error("{count} workload(s) of {namespace}/{name} not written")]
+    Workloads {
+        count: usize,
+        namespace: String,
+        name: String,
+    },
 }
 
 impl ReconcileError {
     /// Low-cardinality metric label.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            ReconcileError::Write { .. } => "write",
+            ReconcileError::Write { what: "status", .. } => "status_write",
+            ReconcileError::Write { .. } => "annotation_write",
+            ReconcileError::Workloads { .. } => "workload_write",
         }
     }
 }
 
-/// When each Image last ran and with which generation, in memory: the start-up sync, the cron
-/// schedule and spec changes are judged from it. The generation is remembered because the
-/// Image's own status (observedGeneration) may not have been written back yet when a watch
-/// event for our annotation patch arrives.
+/// Per-Image memory of this process, by uid.
 #[derive(Default)]
 struct Memory {
+    /// When each Image last synced with the registry and with which generation: the start-up
+    /// sync, the cron schedule and spec changes are judged from it. The generation is kept
+    /// because the Image's own status (observedGeneration) may not be written back yet when the
+    /// watch event of our annotation patch arrives.
     last_run: HashMap<String, LastRun>,
-    /// Images a registry webhook asked to sync, by uid.
-    pushed: std::collections::HashSet<String>,
+    /// Images a registry webhook asked to sync.
+    pushed: HashSet<String>,
+    /// Statuses computed but not written yet (the write failed): the next reconcile starts from
+    /// them, not from the stale status on the object.
+    unwritten: HashMap<String, ImageStatus>,
+    /// Consecutive failed reconciles, for the backoff.
+    failures: HashMap<String, u32>,
 }
 
 /// The last sync of an Image.
@@ -75,6 +97,8 @@ pub struct ClusterContext {
     pub leader: watch::Receiver<bool>,
     recorder: Recorder,
     memory: Mutex<Memory>,
+    images: OnceLock<Store<Image>>,
+    workloads: OnceLock<Workloads>,
 }
 
 impl ClusterContext {
@@ -97,62 +121,104 @@ impl ClusterContext {
             shared,
             leader,
             memory: Mutex::new(Memory::default()),
+            images: OnceLock::new(),
+            workloads: OnceLock::new(),
         }
+    }
+
+    /// Whether this replica may act now.
+    pub fn leading(&self) -> bool {
+        *self.leader.borrow()
+    }
+
+    fn with_memory<T>(&self, f: impl FnOnce(&mut Memory) -> T) -> Option<T> {
+        self.memory.lock().ok().map(|mut m| f(&mut m))
     }
 
     fn last_run(&self, uid: &str) -> Option<LastRun> {
-        self.memory
-            .lock()
-            .ok()
-            .and_then(|m| m.last_run.get(uid).copied())
+        self.with_memory(|m| m.last_run.get(uid).copied()).flatten()
     }
 
     fn set_last_run(&self, uid: &str, run: LastRun) {
-        if let Ok(mut m) = self.memory.lock() {
-            m.last_run.insert(uid.to_string(), run);
-        }
+        self.with_memory(|m| m.last_run.insert(uid.to_string(), run));
     }
 
     fn mark_pushed(&self, uid: &str) {
-        if let Ok(mut m) = self.memory.lock() {
-            m.pushed.insert(uid.to_string());
-        }
+        self.with_memory(|m| m.pushed.insert(uid.to_string()));
     }
 
     fn take_pushed(&self, uid: &str) -> bool {
-        self.memory
-            .lock()
-            .map(|mut m| m.pushed.remove(uid))
-            .unwrap_or(false)
+        self.with_memory(|m| m.pushed.remove(uid)).unwrap_or(false)
+    }
+
+    fn unwritten(&self, uid: &str) -> Option<ImageStatus> {
+        self.with_memory(|m| m.unwritten.get(uid).cloned())
+            .flatten()
+    }
+
+    fn set_unwritten(&self, uid: &str, status: Option<ImageStatus>) {
+        self.with_memory(|m| match status {
+            Some(s) => m.unwritten.insert(uid.to_string(), s),
+            None => m.unwritten.remove(uid),
+        });
+    }
+
+    /// Counts a failed reconcile and returns how many in a row.
+    fn failed(&self, uid: &str) -> u32 {
+        self.with_memory(|m| {
+            let n = m.failures.entry(uid.to_string()).or_default();
+            *n = n.saturating_add(1);
+            *n
+        })
+        .unwrap_or(1)
+    }
+
+    fn succeeded(&self, uid: &str) {
+        self.with_memory(|m| m.failures.remove(uid));
     }
 
     /// Forgets Images that no longer exist (their uid is not in `live`).
-    fn retain(&self, live: &std::collections::HashSet<String>) {
-        if let Ok(mut m) = self.memory.lock() {
+    fn retain(&self, live: &HashSet<String>) {
+        self.with_memory(|m| {
             m.last_run.retain(|uid, _| live.contains(uid));
             m.pushed.retain(|uid| live.contains(uid));
-        }
+            m.unwritten.retain(|uid, _| live.contains(uid));
+            m.failures.retain(|uid, _| live.contains(uid));
+        });
     }
 
-    /// Forget every Image, so that each syncs again (a new leader re-syncs everything).
+    /// Forget when every Image last ran, so that each syncs again (a new leader re-syncs
+    /// everything). Unwritten statuses are kept: they are what this process learned.
     pub fn forget_all(&self) {
-        if let Ok(mut m) = self.memory.lock() {
-            m.last_run.clear();
-        }
+        self.with_memory(|m| m.last_run.clear());
     }
+}
+
+/// Backoff of the `n`th consecutive failed reconcile of one Image: 1 s doubling to 5 min.
+pub fn backoff(n: u32) -> Duration {
+    let secs = 1u64 << n.saturating_sub(1).min(9);
+    Duration::from_secs(secs.min(300))
 }
 
 /// What the controller should do with an Image now (pure).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Plan {
-    /// Sync now, for this reason.
+    /// Sync with the registry now, for this reason.
     Sync(TriggerReason),
-    /// Nothing to do until this time (next cron fire), or until a change when None.
+    /// No trigger: converge only, and sync at this time (next cron fire), or on a change when
+    /// None.
     Wait(Option<DateTime<Utc>>),
 }
 
-/// Decides whether an Image syncs now (pure: everything it needs is passed in).
-pub fn plan(image: &Image, last_run: Option<LastRun>, pushed: bool, now: DateTime<Utc>) -> Plan {
+/// Decides whether an Image syncs with the registry now (pure: everything it needs is passed
+/// in). `conflict` tells whether another Image claims its repository now.
+pub fn plan(
+    image: &Image,
+    last_run: Option<LastRun>,
+    pushed: bool,
+    conflict: bool,
+    now: DateTime<Utc>,
+) -> Plan {
     let annotation = image
         .annotations()
         .get(ANNOTATION_ACTION)
@@ -173,6 +239,15 @@ pub fn plan(image: &Image, last_run: Option<LastRun>, pushed: bool, now: DateTim
     let observed = image.status.as_ref().and_then(|s| s.observed_generation);
     let generation = image.metadata.generation;
     if generation.is_some() && generation != synced && generation != observed {
+        return Plan::Sync(TriggerReason::SpecChange);
+    }
+    // The other Image went away: the rules never ran during the conflict, run them now.
+    let was_conflict = image.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == sync::CONDITION_READY && c.reason == sync::REASON_CONFLICT)
+    });
+    if was_conflict && !conflict {
         return Plan::Sync(TriggerReason::SpecChange);
     }
     // An invalid cron was reported by the last sync; nothing to schedule until the spec changes.
@@ -200,19 +275,57 @@ pub async fn run(
     let ctx_for_leader = ctx.clone();
     let relist = leadership_gained(ctx.leader.clone(), move || ctx_for_leader.forget_all());
     let controller = Controller::new(images, watcher::Config::default().any_semantic());
-    let pushed = pushed_images(ctx.clone(), controller.store());
+    let store = controller.store();
+    let (workload_caches, streams) = workloads::watch(&ctx.client, namespace);
+    let _ = ctx.images.set(store.clone());
+    let _ = ctx.workloads.set(workload_caches);
+    let pushed = pushed_images(ctx.clone(), store.clone());
     // Deleted Images never reach `reconcile`: drop what the memory holds for them now and then.
-    let (store, ctx_for_gc) = (controller.store(), ctx.clone());
+    let (gc_store, ctx_for_gc) = (store.clone(), ctx.clone());
     let gc = tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(600)).await;
-            let live = store.state().iter().filter_map(|i| i.uid()).collect();
+            let live = gc_store.state().iter().filter_map(|i| i.uid()).collect();
             ctx_for_gc.retain(&live);
         }
     });
     controller
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
-        .reconcile_all_on(pushed)
+        // A workload created, changed or deleted, or a namespace's opt-in changed: converge the
+        // Images of that namespace (no registry request).
+        .watches_stream(streams.deployments, images_of_namespace(&store))
+        .watches_stream(streams.statefulsets, images_of_namespace(&store))
+        .watches_stream(streams.daemonsets, images_of_namespace(&store))
+        .watches_stream(streams.cronjobs, images_of_namespace(&store))
+        .watches_stream(streams.namespaces, {
+            let store = store.clone();
+            move |n: k8s_openapi::api::core::v1::Namespace| {
+                images_in(&store, n.metadata.name.as_deref())
+            }
+        })
+        // An Image created or changed may start or end a conflict over its repository with the
+        // others of its namespace: they reconcile too.
+        .watches_stream(
+            watcher(
+                match namespace {
+                    Some(ns) => Api::<Image>::namespaced(ctx.client.clone(), ns),
+                    None => Api::all(ctx.client.clone()),
+                },
+                watcher::Config::default().any_semantic(),
+            )
+            .touched_objects(),
+            {
+                let store = store.clone();
+                move |img: Image| {
+                    let own = ObjectRef::from_obj(&img);
+                    images_in(&store, img.metadata.namespace.as_deref())
+                        .into_iter()
+                        .filter(|r| *r != own)
+                        .collect::<Vec<_>>()
+                }
+            },
+        )
+        .reconcile_on(pushed)
         .reconcile_all_on(relist)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())
@@ -221,7 +334,7 @@ pub async fn run(
             async move {
                 match res {
                     Ok(_) => health.set_if_changed(&cluster, Ok(())),
-                    // The watch failed (API server gone, credentials refused): the cluster is down
+                    // A watch failed (API server gone, credentials refused): the cluster is down
                     // until the watcher's own backoff reconnects.
                     Err(kube::runtime::controller::Error::QueueError(e)) => {
                         warn!(cluster = %cluster, error = %e, "watch failed; cluster down, retrying");
@@ -235,14 +348,33 @@ pub async fn run(
     gc.abort();
 }
 
+/// The Images of a namespace, as reconcile requests.
+fn images_in(store: &Store<Image>, namespace: Option<&str>) -> Vec<ObjectRef<Image>> {
+    let Some(ns) = namespace else {
+        return Vec::new();
+    };
+    store
+        .state()
+        .iter()
+        .filter(|i| i.metadata.namespace.as_deref() == Some(ns))
+        .map(|i| ObjectRef::from_obj(i.as_ref()))
+        .collect()
+}
+
+/// Maps a workload event to the Images of its namespace.
+fn images_of_namespace<K: Resource>(
+    store: &Store<Image>,
+) -> impl Fn(K) -> Vec<ObjectRef<Image>> + Send + Sync + 'static {
+    let store = store.clone();
+    move |obj: K| images_in(&store, workloads::namespace_of(&obj).as_deref())
+}
+
 /// Marks the Images of this cluster that a registry webhook announces a push for (those with a
-/// webhook trigger and the pushed repository) and yields once per push that marked any, to
-/// re-queue every Image: `plan` syncs the marked ones and leaves the others waiting. (Queueing
-/// only the marked ones needs kube's unstable `reconcile_on`.)
+/// webhook trigger and the pushed repository) and queues exactly those.
 fn pushed_images(
     ctx: Arc<ClusterContext>,
-    store: kube::runtime::reflector::Store<Image>,
-) -> impl futures::Stream<Item = ()> + Send + 'static {
+    store: Store<Image>,
+) -> impl futures::Stream<Item = ObjectRef<Image>> + Send + 'static {
     let rx = ctx.shared.pushes.subscribe();
     futures::stream::unfold(rx, |mut rx| async move {
         loop {
@@ -257,7 +389,7 @@ fn pushed_images(
         }
     })
     .flat_map(move |event| {
-        let matching = store
+        let matching: Vec<ObjectRef<Image>> = store
             .state()
             .into_iter()
             .filter(|img| {
@@ -269,10 +401,12 @@ fn pushed_images(
             .filter(|img| {
                 sync::image_ref(img).is_ok_and(|r| crate::triggers::webhook::matches(&event, &r))
             })
-            .filter_map(|img| img.uid())
-            .inspect(|uid| ctx.mark_pushed(uid))
-            .count();
-        futures::stream::iter((matching > 0).then_some(()))
+            .filter_map(|img| {
+                ctx.mark_pushed(&img.uid()?);
+                Some(ObjectRef::from_obj(img.as_ref()))
+            })
+            .collect();
+        futures::stream::iter(matching)
     })
 }
 
@@ -299,38 +433,99 @@ fn leadership_gained(
     )
 }
 
+/// How long a reconcile waits for the workload caches' first list before trying again later.
+const CACHE_WAIT: Duration = Duration::from_secs(10);
+
 #[instrument(skip_all, fields(cluster = %ctx.cluster, namespace = %image.namespace().unwrap_or_default(), name = %image.name_any()))]
 async fn reconcile(image: Arc<Image>, ctx: Arc<ClusterContext>) -> Result<Action, ReconcileError> {
     let namespace = image.namespace().unwrap_or_default();
     let name = image.name_any();
-    if !*ctx.leader.borrow() {
-        // Standby: keep the cache warm, act on nothing. Leadership change re-queues everything.
+    if !ctx.leading() {
+        // Standby: keep the caches warm, act on nothing. Leadership change re-queues everything.
         return Ok(Action::await_change());
+    }
+    let (Some(workloads), Some(images)) = (ctx.workloads.get(), ctx.images.get()) else {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    };
+    if !workloads.wait_ready(CACHE_WAIT).await {
+        debug!("workload caches not listed yet");
+        return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let uid = image.uid().unwrap_or_else(|| format!("{namespace}/{name}"));
+    let stored = image.status.clone().unwrap_or_default();
+    let previous = ctx.unwritten(&uid).unwrap_or_else(|| stored.clone());
+    let others = images.state();
+    let conflict = sync::conflicting(&image, others.iter().map(|i| i.as_ref()));
     let now = Utc::now();
-    let reason = match plan(&image, ctx.last_run(&uid), ctx.take_pushed(&uid), now) {
-        Plan::Sync(reason) => reason,
-        Plan::Wait(next) => return Ok(requeue_at(next, now)),
-    };
-    ctx.set_last_run(
-        &uid,
-        LastRun {
-            at: now,
-            generation: image.metadata.generation,
-        },
+    let planned = plan(
+        &image,
+        ctx.last_run(&uid),
+        ctx.take_pushed(&uid),
+        conflict.is_some(),
+        now,
     );
-    let report = sync::sync_image(&ctx.shared, &ctx.client, &ctx.cluster, &image, reason).await;
+    let may_write = || ctx.leading();
+    let scope = Scope {
+        workloads,
+        conflict,
+        may_write: &may_write,
+    };
+    let (report, reason) = match planned {
+        Plan::Sync(reason) => {
+            ctx.set_last_run(
+                &uid,
+                LastRun {
+                    at: now,
+                    generation: image.metadata.generation,
+                },
+            );
+            let report = sync::sync_image(
+                &ctx.shared,
+                &ctx.client,
+                &ctx.cluster,
+                &image,
+                &previous,
+                &scope,
+                reason,
+            )
+            .await;
+            (report, Some(reason))
+        }
+        Plan::Wait(_) => (
+            sync::converge_image(&ctx.client, &image, &previous, &scope).await,
+            None,
+        ),
+    };
     // Leadership may have been lost while the sync ran: a deposed leader writes nothing.
-    if !*ctx.leader.borrow() {
-        warn!("leadership lost during sync; dropping its status write");
+    if !ctx.leading() {
+        warn!("leadership lost during reconcile; dropping its status write");
         return Ok(Action::await_change());
     }
-    write(&ctx, &image, &namespace, &name, &report, reason).await?;
+    let written = write(&ctx, &image, &namespace, &name, &stored, &report, reason).await;
+    publish(&ctx, &image, &report).await;
+    if let Err(e) = written {
+        ctx.set_unwritten(&uid, Some(report.status));
+        return Err(e);
+    }
+    ctx.set_unwritten(&uid, None);
+    let failed_workloads = report
+        .workloads
+        .iter()
+        .filter(|w| w.error.is_some())
+        .count();
+    if failed_workloads > 0 {
+        return Err(ReconcileError::Workloads {
+            count: failed_workloads,
+            namespace,
+            name,
+        });
+    }
+    ctx.succeeded(&uid);
+    let last = ctx.last_run(&uid).map(|r| r.at).unwrap_or(now);
     let next = sync::schedules(&image)
         .unwrap_or_default()
         .iter()
-        .filter_map(|s| s.next_after(now))
+        .filter_map(|s| s.next_after(last))
         .min();
     Ok(requeue_at(next, Utc::now()))
 }
@@ -346,13 +541,15 @@ fn requeue_at(next: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Action {
     }
 }
 
+/// Writes the annotations and the status when they differ from what the object holds.
 async fn write(
     ctx: &ClusterContext,
     image: &Image,
     namespace: &str,
     name: &str,
+    stored: &ImageStatus,
     report: &SyncReport,
-    reason: TriggerReason,
+    reason: Option<TriggerReason>,
 ) -> Result<(), ReconcileError> {
     let api: Api<Image> = Api::namespaced(ctx.client.clone(), namespace);
     // kimup (Go) mirrors the tag in an annotation; the annotation trigger is removed once handled.
@@ -360,7 +557,7 @@ async fn write(
     // annotation, or the Image would sync a second time.
     let current_tag_annotation = image.annotations().get(ANNOTATION_TAG).cloned();
     let mut annotations = serde_json::Map::new();
-    if reason == TriggerReason::Annotation {
+    if reason == Some(TriggerReason::Annotation) {
         annotations.insert(ANNOTATION_ACTION.into(), serde_json::Value::Null);
     }
     if let Some(tag) = &report.status.tag
@@ -386,7 +583,11 @@ async fn write(
             source,
         })?;
     }
-
+    // A reconcile that changed nothing writes nothing: its own watch event would otherwise
+    // come back as another reconcile, forever.
+    if report.status == *stored {
+        return Ok(());
+    }
     let span = info_span!(
         "status.write",
         result = report.status.result.map(|r| r.as_str()).unwrap_or("")
@@ -412,7 +613,22 @@ async fn write(
     }
     .instrument(span)
     .await?;
+    // The names are repeated on the event: JSON log lines carry span fields next to the span's
+    // own `name`, which hides the Image name there.
+    info!(
+        cluster = %ctx.cluster,
+        namespace,
+        name,
+        result = report.status.result.map(|r| r.as_str()).unwrap_or(""),
+        tag = report.status.tag.as_deref().unwrap_or(""),
+        trigger = reason.map(|r| r.as_str()).unwrap_or("converge"),
+        "synced"
+    );
+    Ok(())
+}
 
+/// Publishes the report's events (best effort: a failure must not fail the reconcile).
+async fn publish(ctx: &ClusterContext, image: &Image, report: &SyncReport) {
     let reference = image.object_ref(&());
     for ev in &report.events {
         let event = Event {
@@ -427,22 +643,9 @@ async fn write(
             secondary: None,
         };
         if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-            // Events are best effort: a failure must not fail the sync or hide its status.
             warn!(error = %e, reason = %ev.reason, "publishing event failed");
         }
     }
-    // The names are repeated on the event: JSON log lines carry span fields next to the span's
-    // own `name`, which hides the Image name there.
-    info!(
-        cluster = %ctx.cluster,
-        namespace,
-        name,
-        result = report.status.result.map(|r| r.as_str()).unwrap_or(""),
-        tag = report.status.tag.as_deref().unwrap_or(""),
-        trigger = reason.as_str(),
-        "synced"
-    );
-    Ok(())
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -456,9 +659,13 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-fn error_policy(_image: Arc<Image>, error: &ReconcileError, ctx: Arc<ClusterContext>) -> Action {
-    warn!(cluster = %ctx.cluster, error = %error, label = error.metric_label(), "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
+fn error_policy(image: Arc<Image>, error: &ReconcileError, ctx: Arc<ClusterContext>) -> Action {
+    let uid = image.uid().unwrap_or_else(|| image.name_any());
+    let n = ctx.failed(&uid);
+    let wait = backoff(n);
+    crate::metrics::reconcile_error(&ctx.cluster, error.metric_label());
+    warn!(cluster = %ctx.cluster, error = %error, label = error.metric_label(), attempt = n, retry_in_ms = wait.as_millis() as u64, "reconcile failed; retrying");
+    Action::requeue(wait)
 }
 
 #[cfg(test)]
@@ -496,7 +703,7 @@ spec:
     #[test]
     fn first_sight_syncs_at_startup() {
         assert_eq!(
-            plan(&image(BASE), None, false, at("2026-01-01T00:00:00Z")),
+            plan(&image(BASE), None, false, false, at("2026-01-01T00:00:00Z")),
             Plan::Sync(TriggerReason::Startup)
         );
     }
@@ -512,6 +719,7 @@ spec:
             plan(
                 &img,
                 ran("2026-01-01T00:00:00Z", 1),
+                false,
                 false,
                 at("2026-01-01T00:00:01Z")
             ),
@@ -530,6 +738,7 @@ spec:
                 &img,
                 ran("2026-01-01T00:01:00Z", 2),
                 false,
+                false,
                 at("2026-01-01T00:01:01Z")
             ),
             Plan::Wait(Some(at("2026-01-01T00:05:00Z")))
@@ -545,11 +754,11 @@ spec:
         });
         let last = ran("2026-01-01T00:01:00Z", 2);
         assert_eq!(
-            plan(&img, last, false, at("2026-01-01T00:02:00Z")),
+            plan(&img, last, false, false, at("2026-01-01T00:02:00Z")),
             Plan::Wait(Some(at("2026-01-01T00:05:00Z")))
         );
         assert_eq!(
-            plan(&img, last, false, at("2026-01-01T00:05:00Z")),
+            plan(&img, last, false, false, at("2026-01-01T00:05:00Z")),
             Plan::Sync(TriggerReason::Cron)
         );
     }
@@ -567,6 +776,7 @@ spec:
             plan(
                 &img,
                 ran("2026-01-01T00:01:00Z", 2),
+                false,
                 false,
                 at("2026-01-01T00:01:01Z")
             ),
@@ -586,6 +796,7 @@ spec:
                 &img,
                 ran("2026-01-01T00:01:00Z", 2),
                 true,
+                false,
                 at("2026-01-01T00:01:01Z")
             ),
             Plan::Sync(TriggerReason::Webhook)
@@ -636,9 +847,49 @@ spec:
                 &img,
                 ran("2026-01-01T00:01:00Z", 2),
                 false,
+                false,
                 at("2026-01-02T00:00:00Z")
             ),
             Plan::Wait(None)
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_to_five_minutes() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(5), Duration::from_secs(16));
+        assert_eq!(backoff(9), Duration::from_secs(256));
+        assert_eq!(backoff(10), Duration::from_secs(300));
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn a_resolved_conflict_syncs_at_once() {
+        let mut img = image(BASE);
+        img.status = Some(ImageStatus {
+            observed_generation: Some(2),
+            conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: sync::CONDITION_READY.into(),
+                status: "False".into(),
+                reason: sync::REASON_CONFLICT.into(),
+                message: String::new(),
+                observed_generation: Some(2),
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                ),
+            }],
+            ..Default::default()
+        });
+        let last = ran("2026-01-01T00:01:00Z", 2);
+        let now = at("2026-01-01T00:01:01Z");
+        assert_eq!(
+            plan(&img, last, false, true, now),
+            Plan::Wait(Some(at("2026-01-01T00:05:00Z")))
+        );
+        assert_eq!(
+            plan(&img, last, false, false, now),
+            Plan::Sync(TriggerReason::SpecChange)
         );
     }
 }

@@ -15,3 +15,4 @@ pub mod sync;
 pub mod telemetry;
 pub mod triggers;
 pub mod version;
+pub mod workloads;

@@ -27,6 +27,12 @@ struct ClusterLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    cluster: String,
+    error: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ActionLabels {
     action: String,
     outcome: String,
@@ -55,6 +61,7 @@ struct Metrics {
     rules: Family<ResultLabels, Counter>,
     cluster_up: Family<ClusterLabels, Gauge>,
     leader: Gauge,
+    reconcile_errors: Family<ErrorLabels, Counter>,
 }
 
 fn metrics() -> &'static Metrics {
@@ -123,7 +130,14 @@ fn metrics() -> &'static Metrics {
             "1 while this replica holds the lease",
             leader.clone(),
         );
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles (retried with per-Image backoff), by cluster and error",
+            reconcile_errors.clone(),
+        );
         Metrics {
+            reconcile_errors,
             registry,
             webhooks,
             registry_requests,
@@ -218,6 +232,17 @@ pub fn webhook(source: &str, outcome: &str) {
         .get_or_create(&WebhookLabels {
             source: source.to_string(),
             outcome: outcome.to_string(),
+        })
+        .inc();
+}
+
+/// Counts a failed reconcile.
+pub fn reconcile_error(cluster: &str, error: &str) {
+    metrics()
+        .reconcile_errors
+        .get_or_create(&ErrorLabels {
+            cluster: cluster.to_string(),
+            error: error.to_string(),
         })
         .inc();
 }

@@ -1,4 +1,9 @@
-//! One Image sync: validate -> credentials -> tags (shared cache) -> rules -> actions -> status.
+//! One Image sync: validate -> credentials -> tags (shared cache) -> every rule -> its actions ->
+//! pending alerts -> converge workloads -> status. A failing rule or action never stops the
+//! others; every failure is named in the status and the first decides `result`.
+//!
+//! A reconcile without a trigger runs only the convergence ([`converge_image`]): no registry
+//! request, and the status is rewritten only when the workloads' state changed.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,18 +15,19 @@ use kube::Client;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::actions::alert::{self, AlertError};
-use crate::actions::apply::{self, WorkloadChange};
+use crate::actions::apply::{self, Desired, Verdict, WorkloadOutcome};
 use crate::actions::template::AlertContext;
 use crate::actions::values::ValueResolver;
-use crate::api::image::{AlertRecord, ImageRule};
+use crate::api::image::{AlertRecord, ImageRule, PendingAlert, WorkloadState, WorkloadsStatus};
 use crate::api::{ActionType, Image, ImageStatus, SyncResult, TriggerType};
 use crate::registry::credentials::{self, Credential, CredentialError};
 use crate::registry::reference::{self, ImageRef, ReferenceError};
 use crate::registry::{RegistryError, TagCache, TlsMode};
 use crate::rules::{self, RuleError, RuleType};
 use crate::triggers::cron::{CronError, Schedule};
+use crate::workloads::Workloads;
 
-/// Why a sync stopped, each mapped to the status result of the step that failed.
+/// What failed in a sync, each mapped to the status result of the step that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     /// `spec.image` is not a valid repository.
@@ -64,14 +70,6 @@ pub enum SyncError {
         #[source]
         source: RuleError,
     },
-    /// Updating workloads failed.
-    #[error("rule {rule:?}: apply {tag}: {source}")]
-    Apply {
-        rule: String,
-        tag: String,
-        #[source]
-        source: Box<kube::Error>,
-    },
     /// An alert failed.
     #[error("rule {rule:?}: {source}")]
     Alert {
@@ -95,9 +93,7 @@ impl SyncError {
             | SyncError::SecretApi { .. } => SyncResult::PullSecretsError,
             SyncError::Registry(e) => e.result(),
             SyncError::Rule { .. } => SyncResult::GetRuleError,
-            SyncError::Apply { .. } | SyncError::Alert { .. } | SyncError::Unsupported { .. } => {
-                SyncResult::ActionError
-            }
+            SyncError::Alert { .. } | SyncError::Unsupported { .. } => SyncResult::ActionError,
         }
     }
 
@@ -111,7 +107,6 @@ impl SyncError {
             | SyncError::SecretApi { .. } => "PullSecretError",
             SyncError::Registry(_) => "RegistryError",
             SyncError::Rule { .. } => "RuleError",
-            SyncError::Apply { .. } => "ApplyFailed",
             SyncError::Alert { .. } => "AlertFailed",
             SyncError::Unsupported { .. } => "UnsupportedAction",
         }
@@ -127,7 +122,6 @@ impl SyncError {
             SyncError::SecretApi { .. } => "secret_api",
             SyncError::Registry(e) => e.metric_label(),
             SyncError::Rule { .. } => "rule",
-            SyncError::Apply { .. } => "apply",
             SyncError::Alert { .. } => "alert",
             SyncError::Unsupported { .. } => "unsupported",
         }
@@ -173,15 +167,78 @@ pub struct SyncEvent {
     pub note: String,
 }
 
-/// What a sync produced: the status to write and the events to publish.
+/// What a reconcile produced: the status to write and the events to publish.
 #[derive(Clone, Debug)]
 pub struct SyncReport {
     /// Status to write (complete: it is applied under one field manager).
     pub status: ImageStatus,
     /// Events.
     pub events: Vec<SyncEvent>,
-    /// Workloads changed.
-    pub workloads: Vec<WorkloadChange>,
+    /// Workloads apply looked at, and what it did.
+    pub workloads: Vec<WorkloadOutcome>,
+}
+
+/// What a reconcile needs besides the Image: the cluster's watched workloads, whether another
+/// Image claims the repository, and whether this replica may still write.
+pub struct Scope<'a> {
+    /// Watched workloads and namespaces of the Image's cluster.
+    pub workloads: &'a Workloads,
+    /// Set when another Image of the namespace applies the same repository: both are refused.
+    pub conflict: Option<String>,
+    /// Asked before every write (leadership): once false, nothing more is written.
+    pub may_write: &'a (dyn Fn() -> bool + Send + Sync),
+}
+
+/// Delivered alerts kept per (rule, action): enough to never resend a recent tag, bounded so
+/// that a long-lived Image's status does not grow.
+pub const DELIVERED_PER_ACTION: usize = 10;
+/// Pending alerts kept at most; older ones are dropped with a Warning event.
+pub const MAX_PENDING_ALERTS: usize = 20;
+/// Workloads listed by name in `status.workloads.notUpToDate`.
+pub const MAX_LISTED_WORKLOADS: usize = 20;
+
+/// Condition types kimup writes.
+pub const CONDITION_READY: &str = "Ready";
+/// The last registry sync ran every rule and action without failure.
+pub const CONDITION_SYNCED: &str = "Synced";
+/// Every opted-in workload of the repository runs `status.tag`.
+pub const CONDITION_WORKLOADS: &str = "WorkloadsUpToDate";
+/// Ready's reason when two Images apply one repository in one namespace.
+pub const REASON_CONFLICT: &str = "DuplicateRepository";
+
+/// Another Image of the same namespace that applies the same repository, if any (pure): both
+/// are refused, so that two Images never fight over the same workloads.
+pub fn conflicting<'a>(
+    image: &Image,
+    others: impl IntoIterator<Item = &'a Image>,
+) -> Option<String> {
+    if !image.has_apply() {
+        return None;
+    }
+    let mine = image_ref(image).ok()?;
+    let ns = image.metadata.namespace.as_deref();
+    let name = image.metadata.name.as_deref().unwrap_or_default();
+    let mut names: Vec<&str> = others
+        .into_iter()
+        .filter(|o| o.metadata.namespace.as_deref() == ns)
+        .filter(|o| o.metadata.name.as_deref().unwrap_or_default() != name)
+        .filter(|o| o.has_apply())
+        .filter(|o| image_ref(o).is_ok_and(|r| r.same_repository(&mine)))
+        .filter_map(|o| o.metadata.name.as_deref())
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    names.sort_unstable();
+    Some(format!(
+        "Images {} in namespace {} all apply repository {}: kimup serves none of them until only one does",
+        std::iter::once(name)
+            .chain(names)
+            .collect::<Vec<_>>()
+            .join(", "),
+        ns.unwrap_or_default(),
+        mine.repository_key()
+    ))
 }
 
 /// Process-wide services a sync needs.
@@ -257,13 +314,16 @@ pub async fn credential_for(
     Ok(credentials::select(registry, &all).cloned())
 }
 
-/// Runs one sync of `image` in `cluster` and returns the status to write. Never panics; every
-/// failure becomes a status result, a message and a Warning event.
+/// Runs one sync of `image` in `cluster`, from `previous` (its status, or what an earlier
+/// reconcile learned and could not write yet), and returns the status to write. Never panics;
+/// every failure becomes a status result, a message and a Warning event.
 pub async fn sync_image(
     shared: &Shared,
     client: &Client,
     cluster: &str,
     image: &Image,
+    previous: &ImageStatus,
+    scope: &Scope<'_>,
     trigger: TriggerReason,
 ) -> SyncReport {
     let namespace = image.metadata.namespace.clone().unwrap_or_default();
@@ -278,7 +338,7 @@ pub async fn sync_image(
         result = tracing::field::Empty,
     );
     let started = Instant::now();
-    let report = run(shared, client, image, &namespace, &name)
+    let report = run(shared, client, image, previous, scope, &namespace, &name)
         .instrument(span.clone())
         .await;
     let result = report
@@ -291,86 +351,507 @@ pub async fn sync_image(
     report
 }
 
-async fn run(
-    shared: &Shared,
+/// Converges the Image's workloads to its `status.tag` without asking the registry: what a
+/// workload or namespace change, or a reconcile between triggers, runs.
+pub async fn converge_image(
     client: &Client,
     image: &Image,
-    namespace: &str,
-    name: &str,
+    previous: &ImageStatus,
+    scope: &Scope<'_>,
 ) -> SyncReport {
-    let previous = image.status.clone().unwrap_or_default();
-    let mut state = State {
-        current: image.current_tag().to_string(),
-        digest: previous.digest.clone(),
-        alerts: previous.alerts.clone(),
-        events: Vec::new(),
-        workloads: Vec::new(),
-    };
-    let outcome = steps(
-        shared, client, image, namespace, name, &previous, &mut state,
+    let namespace = image.metadata.namespace.clone().unwrap_or_default();
+    let mut events = Vec::new();
+    let outcomes = converge(
+        client,
+        image,
+        previous.tag.as_deref(),
+        previous.digest.as_deref(),
+        scope,
+        &namespace,
     )
     .await;
-    let (result, message) = match &outcome {
-        Ok(msg) => (SyncResult::Success, msg.clone()),
-        Err(e) => {
-            warn!(error = %e, result = e.result().as_str(), "sync failed");
-            state.events.push(SyncEvent {
-                warning: true,
-                reason: e.reason().to_string(),
-                note: e.to_string(),
-            });
-            (e.result(), e.to_string())
-        }
-    };
-    let now = chrono::Utc::now();
-    let ready = Condition {
-        type_: "Ready".into(),
-        status: if outcome.is_ok() { "True" } else { "False" }.into(),
-        reason: if outcome.is_ok() {
-            "Synced".to_string()
-        } else {
-            result.as_str().to_string()
+    let synced = carried_sync(previous);
+    let status = compose(
+        image,
+        previous,
+        Composed {
+            tag: previous.tag.clone(),
+            digest: previous.digest.clone(),
+            alerts: previous.alerts.clone(),
+            pending_alerts: previous.pending_alerts.clone(),
+            time: previous.time.clone(),
+            synced,
+            conflict: scope.conflict.clone(),
+            outcomes: outcomes.as_deref(),
         },
-        message: message.clone(),
-        observed_generation: image.metadata.generation,
-        last_transition_time: previous
-            .conditions
-            .iter()
-            .find(|c| {
-                c.type_ == "Ready" && c.status == if outcome.is_ok() { "True" } else { "False" }
-            })
-            .map(|c| c.last_transition_time.clone())
-            .unwrap_or_else(|| Time(k8s_now())),
-    };
-    let status = ImageStatus {
-        tag: Some(state.current.clone()),
-        result: Some(result),
-        time: Some(now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-        message: Some(message),
-        observed_generation: image.metadata.generation,
-        digest: state.digest.clone(),
-        alerts: state.alerts.clone(),
-        conditions: vec![ready],
-    };
+    );
+    workload_events(previous, outcomes.as_deref(), &mut events);
+    conflict_event(previous, scope.conflict.as_deref(), &mut events);
     SyncReport {
         status,
-        events: state.events,
-        workloads: state.workloads,
+        events,
+        workloads: outcomes.unwrap_or_default(),
     }
 }
 
-fn k8s_now() -> k8s_openapi::jiff::Timestamp {
-    k8s_openapi::jiff::Timestamp::now()
+/// The outcome of the last registry sync, as recorded in the `Synced` condition.
+#[derive(Clone, Debug, PartialEq)]
+struct SyncOutcome {
+    /// First failure's result, or Success.
+    result: SyncResult,
+    /// Every failure, or what the rules found.
+    message: String,
+}
+
+fn carried_sync(previous: &ImageStatus) -> SyncOutcome {
+    let cond = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_SYNCED);
+    match cond {
+        Some(c) if c.status == "False" => SyncOutcome {
+            result: SyncResult::from_name(&c.reason).unwrap_or(SyncResult::Error),
+            message: c.message.clone(),
+        },
+        Some(c) => SyncOutcome {
+            result: SyncResult::Success,
+            message: c.message.clone(),
+        },
+        // A status written by an older kimup: its result and message are the sync's.
+        None => SyncOutcome {
+            result: previous.result.unwrap_or(SyncResult::Success),
+            message: previous.message.clone().unwrap_or_default(),
+        },
+    }
 }
 
 struct State {
     current: String,
     digest: Option<String>,
     alerts: Vec<AlertRecord>,
+    pending: Vec<PendingAlert>,
     events: Vec<SyncEvent>,
-    workloads: Vec<WorkloadChange>,
+    failures: Vec<SyncError>,
+    notes: Vec<String>,
 }
 
+impl State {
+    fn fail(&mut self, e: SyncError) {
+        warn!(error = %e, result = e.result().as_str(), "sync step failed");
+        self.events.push(SyncEvent {
+            warning: true,
+            reason: e.reason().to_string(),
+            note: e.to_string(),
+        });
+        self.failures.push(e);
+    }
+}
+
+async fn run(
+    shared: &Shared,
+    client: &Client,
+    image: &Image,
+    previous: &ImageStatus,
+    scope: &Scope<'_>,
+    namespace: &str,
+    name: &str,
+) -> SyncReport {
+    let mut state = State {
+        current: previous
+            .tag
+            .clone()
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| image.spec.base_tag.clone()),
+        digest: previous.digest.clone(),
+        alerts: previous.alerts.clone(),
+        pending: previous.pending_alerts.clone(),
+        events: Vec::new(),
+        failures: Vec::new(),
+        notes: Vec::new(),
+    };
+    // A conflict refuses the whole Image: no rule, no action, no workload.
+    let rules_ran = if scope.conflict.is_some() {
+        false
+    } else {
+        steps(
+            shared, client, image, namespace, name, previous, scope, &mut state,
+        )
+        .await
+    };
+    let now = chrono::Utc::now();
+    let synced = if scope.conflict.is_some() {
+        carried_sync(previous)
+    } else {
+        match state.failures.first() {
+            Some(first) => SyncOutcome {
+                result: first.result(),
+                message: state
+                    .failures
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            },
+            None => SyncOutcome {
+                result: SyncResult::Success,
+                message: state.notes.join("; "),
+            },
+        }
+    };
+    // status.tag becomes the desired tag only once rules have run: an Image whose first sync
+    // failed never pushes its baseTag onto running workloads.
+    let tag = if rules_ran {
+        Some(state.current.clone())
+    } else {
+        previous.tag.clone()
+    };
+    let outcomes = converge(
+        client,
+        image,
+        tag.as_deref(),
+        state.digest.as_deref(),
+        scope,
+        namespace,
+    )
+    .await;
+    let mut events = state.events;
+    workload_events(previous, outcomes.as_deref(), &mut events);
+    conflict_event(previous, scope.conflict.as_deref(), &mut events);
+    let status = compose(
+        image,
+        previous,
+        Composed {
+            tag,
+            digest: state.digest,
+            alerts: state.alerts,
+            pending_alerts: state.pending,
+            time: Some(now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            synced,
+            conflict: scope.conflict.clone(),
+            outcomes: outcomes.as_deref(),
+        },
+    );
+    SyncReport {
+        status,
+        events,
+        workloads: outcomes.unwrap_or_default(),
+    }
+}
+
+/// What [`compose`] builds a status from.
+struct Composed<'a> {
+    tag: Option<String>,
+    digest: Option<String>,
+    alerts: Vec<AlertRecord>,
+    pending_alerts: Vec<PendingAlert>,
+    time: Option<String>,
+    synced: SyncOutcome,
+    conflict: Option<String>,
+    /// None when apply does not run for this Image (no apply action, no tag yet, a conflict).
+    outcomes: Option<&'a [WorkloadOutcome]>,
+}
+
+/// Builds the status (pure): `result` is the conflict's, else the sync's first failure, else
+/// ActionError while a workload does not run `tag`, else Success.
+fn compose(image: &Image, previous: &ImageStatus, c: Composed<'_>) -> ImageStatus {
+    let workloads = c
+        .outcomes
+        .map(|o| summarize(o, c.tag.as_deref().unwrap_or_default()));
+    let workloads_ok = workloads.as_ref().is_none_or(|w| w.up_to_date == w.total);
+    let (result, message) = if let Some(conflict) = &c.conflict {
+        (SyncResult::Error, conflict.clone())
+    } else if c.synced.result != SyncResult::Success {
+        (c.synced.result, c.synced.message.clone())
+    } else if !workloads_ok {
+        (SyncResult::ActionError, String::new())
+    } else {
+        (SyncResult::Success, c.synced.message.clone())
+    };
+    let mut message = message;
+    if let Some(w) = &workloads {
+        let text = describe_workloads(w, c.tag.as_deref().unwrap_or_default());
+        message = if message.is_empty() {
+            text
+        } else {
+            format!("{message}; {text}")
+        };
+    }
+    let generation = image.metadata.generation;
+    let mut conditions = Vec::new();
+    let ready_reason = if c.conflict.is_some() {
+        REASON_CONFLICT.to_string()
+    } else if result == SyncResult::Success {
+        "Synced".to_string()
+    } else {
+        result.as_str().to_string()
+    };
+    conditions.push(condition(
+        previous,
+        CONDITION_READY,
+        result == SyncResult::Success,
+        &ready_reason,
+        &message,
+        generation,
+    ));
+    conditions.push(condition(
+        previous,
+        CONDITION_SYNCED,
+        c.synced.result == SyncResult::Success,
+        if c.synced.result == SyncResult::Success {
+            "Synced"
+        } else {
+            c.synced.result.as_str()
+        },
+        &c.synced.message,
+        generation,
+    ));
+    if let Some(w) = &workloads {
+        let (ok, reason) = workloads_reason(w);
+        conditions.push(condition(
+            previous,
+            CONDITION_WORKLOADS,
+            ok,
+            reason,
+            &describe_workloads(w, c.tag.as_deref().unwrap_or_default()),
+            generation,
+        ));
+    }
+    ImageStatus {
+        tag: c.tag,
+        result: Some(result),
+        time: c.time,
+        message: Some(message),
+        observed_generation: generation,
+        digest: c.digest,
+        alerts: c.alerts,
+        pending_alerts: c.pending_alerts,
+        workloads,
+        conditions,
+    }
+}
+
+/// A condition, keeping the previous transition time when its status did not change.
+fn condition(
+    previous: &ImageStatus,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    Condition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message: message.to_string(),
+        observed_generation: generation,
+        last_transition_time: previous
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now())),
+    }
+}
+
+/// Counts and names the workloads (pure).
+fn summarize(outcomes: &[WorkloadOutcome], tag: &str) -> WorkloadsStatus {
+    let total = u32::try_from(outcomes.len()).unwrap_or(u32::MAX);
+    let up_to_date =
+        u32::try_from(outcomes.iter().filter(|w| w.up_to_date()).count()).unwrap_or(u32::MAX);
+    let not_up_to_date = outcomes
+        .iter()
+        .filter(|w| !w.up_to_date())
+        .take(MAX_LISTED_WORKLOADS)
+        .map(|w| {
+            let images = w.containers.iter().map(|c| c.image.clone()).collect();
+            let (reason, message) = if let Some(e) = &w.error {
+                ("ApplyFailed", e.clone())
+            } else if w.holds_newer() {
+                let newer: Vec<_> = w
+                    .containers
+                    .iter()
+                    .filter(|c| c.verdict == Verdict::Newer)
+                    .map(|c| format!("{} runs {}", c.container, c.image))
+                    .collect();
+                (
+                    "NewerVersion",
+                    format!("{}: newer than {tag}, not rolled back", newer.join(", ")),
+                )
+            } else {
+                ("Pending", String::new())
+            };
+            WorkloadState {
+                kind: w.kind.as_str().to_string(),
+                name: w.name.clone(),
+                images,
+                reason: reason.to_string(),
+                message,
+            }
+        })
+        .collect();
+    WorkloadsStatus {
+        total,
+        up_to_date,
+        not_up_to_date,
+    }
+}
+
+fn workloads_reason(w: &WorkloadsStatus) -> (bool, &'static str) {
+    if w.up_to_date == w.total {
+        return (true, "UpToDate");
+    }
+    if w.not_up_to_date.iter().any(|s| s.reason == "ApplyFailed") {
+        (false, "ApplyFailed")
+    } else if w.not_up_to_date.iter().any(|s| s.reason == "NewerVersion") {
+        (false, "NewerVersion")
+    } else {
+        (false, "Pending")
+    }
+}
+
+fn describe_workloads(w: &WorkloadsStatus, tag: &str) -> String {
+    if w.up_to_date == w.total {
+        return format!("{} of {} workloads run {tag}", w.up_to_date, w.total);
+    }
+    let listed: Vec<String> = w
+        .not_up_to_date
+        .iter()
+        .map(|s| {
+            if s.message.is_empty() {
+                format!("{} {} ({})", s.kind, s.name, s.reason)
+            } else {
+                format!("{} {} ({}: {})", s.kind, s.name, s.reason, s.message)
+            }
+        })
+        .collect();
+    format!(
+        "{} of {} workloads run {tag}; not: {}",
+        w.up_to_date,
+        w.total,
+        listed.join(", ")
+    )
+}
+
+/// Events of a convergence: one per workload written or failing, one when a workload starts
+/// being held at a newer version (not at every reconcile).
+fn workload_events(
+    previous: &ImageStatus,
+    outcomes: Option<&[WorkloadOutcome]>,
+    events: &mut Vec<SyncEvent>,
+) {
+    let held_before = |kind: &str, name: &str| {
+        previous.workloads.as_ref().is_some_and(|w| {
+            w.not_up_to_date
+                .iter()
+                .any(|s| s.kind == kind && s.name == name && s.reason == "NewerVersion")
+        })
+    };
+    for w in outcomes.unwrap_or_default() {
+        if w.patched {
+            let list: Vec<String> = w
+                .containers
+                .iter()
+                .filter_map(|c| match &c.verdict {
+                    Verdict::Update(to) => Some(format!("{} -> {to}", c.container)),
+                    _ => None,
+                })
+                .collect();
+            info!(kind = w.kind.as_str(), workload = %w.name, "workload updated");
+            events.push(SyncEvent {
+                warning: false,
+                reason: "WorkloadUpdated".into(),
+                note: format!("{} {}: {}", w.kind.as_str(), w.name, list.join(", ")),
+            });
+        }
+        if let Some(e) = &w.error {
+            events.push(SyncEvent {
+                warning: true,
+                reason: "ApplyFailed".into(),
+                note: format!("{} {}: {e}", w.kind.as_str(), w.name),
+            });
+        }
+        if w.holds_newer() && !held_before(w.kind.as_str(), &w.name) {
+            events.push(SyncEvent {
+                warning: true,
+                reason: "NewerVersionRunning".into(),
+                note: format!(
+                    "{} {} runs a newer version than the Image's tag; not rolled back",
+                    w.kind.as_str(),
+                    w.name
+                ),
+            });
+        }
+    }
+}
+
+fn conflict_event(previous: &ImageStatus, conflict: Option<&str>, events: &mut Vec<SyncEvent>) {
+    let Some(text) = conflict else {
+        return;
+    };
+    let already = previous
+        .conditions
+        .iter()
+        .any(|c| c.type_ == CONDITION_READY && c.reason == REASON_CONFLICT);
+    if !already {
+        events.push(SyncEvent {
+            warning: true,
+            reason: REASON_CONFLICT.into(),
+            note: text.to_string(),
+        });
+    }
+}
+
+/// Converges the workloads when apply runs for this Image: it has an apply action, a tag has
+/// been chosen, and no other Image claims the repository. None otherwise.
+async fn converge(
+    client: &Client,
+    image: &Image,
+    tag: Option<&str>,
+    digest: Option<&str>,
+    scope: &Scope<'_>,
+    namespace: &str,
+) -> Option<Vec<WorkloadOutcome>> {
+    if scope.conflict.is_some() || !image.has_apply() {
+        return None;
+    }
+    let tag = tag.filter(|t| !t.is_empty())?;
+    let repository = image_ref(image).ok()?;
+    let order = image.apply_order();
+    let desired = Desired {
+        repository,
+        tag: tag.to_string(),
+        // Only digest rules pin: the digest recorded is the tag's at the last sync.
+        digest: if order == Some(RuleType::Digest) {
+            digest.map(str::to_string)
+        } else {
+            None
+        },
+        order,
+    };
+    let span = info_span!("action.apply", tag = %tag);
+    let outcomes = apply::converge(
+        client,
+        scope.workloads,
+        namespace,
+        &desired,
+        scope.may_write,
+    )
+    .instrument(span)
+    .await;
+    for w in &outcomes {
+        if w.patched {
+            crate::metrics::action("apply", "ok");
+        }
+        if w.error.is_some() {
+            crate::metrics::action("apply", "workload");
+        }
+    }
+    Some(outcomes)
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn steps(
     shared: &Shared,
     client: &Client,
@@ -378,19 +859,31 @@ async fn steps(
     namespace: &str,
     name: &str,
     previous: &ImageStatus,
+    scope: &Scope<'_>,
     state: &mut State,
-) -> Result<String, SyncError> {
-    let reference = image_ref(image)?;
-    schedules(image)?;
-    let mut values = ValueResolver::new(client.clone(), namespace);
-    let credential = credential_for(&mut values, image, &reference.registry).await?;
-    let registry = shared.tags.client().clone();
-    let tls = registry.tls_mode(&reference.registry, image.spec.insecure_skip_tls_verify);
-    let (tags, hit) =
-        tags_with_fallback(shared, &reference, credential.as_ref(), tls, image).await?;
-    info!(tags = tags.len(), cache_hit = hit, "tags listed");
+) -> bool {
+    let prepared = async {
+        let reference = image_ref(image)?;
+        schedules(image)?;
+        let mut values = ValueResolver::new(client.clone(), namespace);
+        let credential = credential_for(&mut values, image, &reference.registry).await?;
+        let registry = shared.tags.client().clone();
+        let tls = registry.tls_mode(&reference.registry, image.spec.insecure_skip_tls_verify);
+        let (tags, hit) =
+            tags_with_fallback(shared, &reference, credential.as_ref(), tls, image).await?;
+        info!(tags = tags.len(), cache_hit = hit, "tags listed");
+        Ok::<_, SyncError>((reference, credential, tls, tags, values))
+    }
+    .await;
+    let (reference, credential, tls, tags, mut values) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            state.fail(e);
+            return false;
+        }
+    };
 
-    let mut notes = Vec::new();
+    let mut chose = false;
     for rule in &image.spec.rules {
         let span = info_span!("rule.evaluate", rule = %rule.name, r#type = %rule.type_, chosen = tracing::field::Empty);
         let chosen = evaluate_rule(
@@ -404,12 +897,20 @@ async fn steps(
             state,
         )
         .instrument(span.clone())
-        .await?;
-        let Some((new_tag, digest)) = chosen else {
-            crate::metrics::rule("nomatch");
-            continue;
+        .await;
+        let (new_tag, digest) = match chosen {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                crate::metrics::rule("nomatch");
+                continue;
+            }
+            Err(e) => {
+                state.fail(e);
+                continue;
+            }
         };
         crate::metrics::rule("match");
+        chose = true;
         span.record("chosen", new_tag.as_str());
         let actual = state.current.clone();
         state.events.push(SyncEvent {
@@ -420,43 +921,201 @@ async fn steps(
                 None => format!("rule {}: {actual} -> {new_tag}", rule.name),
             },
         });
-        notes.push(format!("rule {} selected {new_tag}", rule.name));
+        state
+            .notes
+            .push(format!("rule {} selected {new_tag}", rule.name));
+        for action in &rule.actions {
+            match action.type_ {
+                ActionType::Apply => {
+                    // Level-based: the tag becomes desired; the convergence after the rules
+                    // writes the workloads.
+                    info!(tag = %new_tag, rule = %rule.name, "apply: new desired tag");
+                    state.current = new_tag.clone();
+                }
+                ActionType::RequestApproval => {
+                    crate::metrics::action(action.type_.as_str(), "unsupported");
+                    state.fail(SyncError::Unsupported {
+                        rule: rule.name.clone(),
+                    });
+                }
+                alert_type => queue_alert(
+                    state,
+                    &rule.name,
+                    alert_type,
+                    &new_tag,
+                    digest.as_deref(),
+                    &actual,
+                ),
+            }
+        }
+    }
+    send_pending_alerts(
+        shared,
+        client,
+        image,
+        namespace,
+        name,
+        &tags,
+        scope,
+        &mut values,
+        state,
+    )
+    .await;
+    if !chose {
+        state.notes.push(format!(
+            "{} tags, no new tag for {}",
+            tags.len(),
+            state.current
+        ));
+    }
+    true
+}
+
+/// Records an alert to deliver unless it was delivered or is already pending.
+fn queue_alert(
+    state: &mut State,
+    rule: &str,
+    action: ActionType,
+    new_tag: &str,
+    digest: Option<&str>,
+    actual: &str,
+) {
+    // Once per (Image, rule, action, tag); a digest alert is keyed by tag@digest.
+    let key = match digest {
+        Some(d) => format!("{new_tag}@{d}"),
+        None => new_tag.to_string(),
+    };
+    let is = |r: &str, a: &str, t: &str| r == rule && a == action.as_str() && t == key;
+    if state.alerts.iter().any(|a| is(&a.rule, &a.action, &a.tag)) {
+        info!(tag = %key, rule, "alert already sent");
+        return;
+    }
+    if state.pending.iter().any(|p| is(&p.rule, &p.action, &p.tag)) {
+        return;
+    }
+    state.pending.push(PendingAlert {
+        rule: rule.to_string(),
+        action: action.as_str().to_string(),
+        tag: key,
+        new_tag: new_tag.to_string(),
+        actual_tag: actual.to_string(),
+        attempts: 0,
+    });
+    while state.pending.len() > MAX_PENDING_ALERTS {
+        let dropped = state.pending.remove(0);
+        state.events.push(SyncEvent {
+            warning: true,
+            reason: "AlertDropped".into(),
+            note: format!(
+                "{} of rule {} for {}: more than {MAX_PENDING_ALERTS} alerts pending",
+                dropped.action, dropped.rule, dropped.tag
+            ),
+        });
+    }
+}
+
+/// Delivers every pending alert whose rule and action still exist; a delivered one moves to
+/// the delivered records, a failed one stays pending for the next sync.
+#[allow(clippy::too_many_arguments)]
+async fn send_pending_alerts(
+    shared: &Shared,
+    client: &Client,
+    image: &Image,
+    namespace: &str,
+    name: &str,
+    tags: &Arc<Vec<String>>,
+    scope: &Scope<'_>,
+    values: &mut ValueResolver,
+    state: &mut State,
+) {
+    let pending = std::mem::take(&mut state.pending);
+    let mut keep = Vec::new();
+    for mut p in pending {
+        let action = image
+            .spec
+            .rules
+            .iter()
+            .filter(|r| r.name == p.rule)
+            .flat_map(|r| r.actions.iter().map(move |a| (r, a)))
+            .find(|(_, a)| a.type_.as_str() == p.action && a.type_.is_alert());
+        // The rule or its action left the spec: the alert is no longer wanted.
+        let Some((rule, action)) = action else {
+            continue;
+        };
+        if !(scope.may_write)() {
+            keep.push(p);
+            continue;
+        }
         let ctx = AlertContext {
             namespace: namespace.to_string(),
             name: name.to_string(),
             image_name: image.spec.image.clone(),
             base_tag: image.spec.base_tag.clone(),
-            new_tag: new_tag.clone(),
-            actual_tag: actual.clone(),
+            new_tag: p.new_tag.clone(),
+            actual_tag: p.actual_tag.clone(),
             available_tags: tags.to_vec(),
         };
-        for action in &rule.actions {
-            let span = info_span!("action", r#type = action.type_.as_str(), rule = %rule.name);
-            run_action(
-                shared,
+        let span = info_span!("action", r#type = action.type_.as_str(), rule = %rule.name);
+        let sent = async {
+            let prepared = alert::prepare(
                 client,
                 namespace,
-                &reference,
-                rule,
                 action.type_,
                 action.data.as_ref(),
-                &new_tag,
-                digest.as_deref(),
                 &ctx,
-                &mut values,
-                state,
+                &rule.name,
+                values,
             )
-            .instrument(span)
-            .await
-            .inspect_err(|e| crate::metrics::action(action.type_.as_str(), e.metric_label()))?;
-            crate::metrics::action(action.type_.as_str(), "ok");
+            .await?;
+            alert::send(&shared.http, &prepared, action.type_).await
+        }
+        .instrument(span)
+        .await;
+        match sent {
+            Ok(()) => {
+                crate::metrics::action(action.type_.as_str(), "ok");
+                state.events.push(SyncEvent {
+                    warning: false,
+                    reason: "AlertSent".into(),
+                    note: format!("{} for {} (rule {})", p.action, p.new_tag, p.rule),
+                });
+                record_delivered(
+                    &mut state.alerts,
+                    AlertRecord {
+                        rule: p.rule,
+                        action: p.action,
+                        tag: p.tag,
+                    },
+                );
+            }
+            Err(source) => {
+                crate::metrics::action(action.type_.as_str(), source.metric_label());
+                p.attempts = p.attempts.saturating_add(1);
+                keep.push(p);
+                state.fail(SyncError::Alert {
+                    rule: rule.name.clone(),
+                    source,
+                });
+            }
         }
     }
-    Ok(if notes.is_empty() {
-        format!("{} tags, no new tag for {}", tags.len(), state.current)
-    } else {
-        notes.join("; ")
-    })
+    state.pending = keep;
+}
+
+/// Adds a delivered record, keeping the newest [`DELIVERED_PER_ACTION`] per (rule, action).
+fn record_delivered(alerts: &mut Vec<AlertRecord>, record: AlertRecord) {
+    alerts.push(record.clone());
+    let same = |a: &AlertRecord| a.rule == record.rule && a.action == record.action;
+    let count = alerts.iter().filter(|a| same(a)).count();
+    let mut excess = count.saturating_sub(DELIVERED_PER_ACTION);
+    alerts.retain(|a| {
+        if excess > 0 && same(a) {
+            excess -= 1;
+            false
+        } else {
+            true
+        }
+    });
 }
 
 /// Lists tags; for `insecureSkipTLSVerify` Images whose registry answers HTTPS with plain HTTP,
@@ -538,91 +1197,4 @@ async fn evaluate_rule(
         .chosen
         .filter(|t| *t != state.current)
         .map(|t| (t, None)))
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn run_action(
-    shared: &Shared,
-    client: &Client,
-    namespace: &str,
-    reference: &ImageRef,
-    rule: &ImageRule,
-    action: ActionType,
-    data: Option<&crate::api::ValueOrValueFrom>,
-    new_tag: &str,
-    digest: Option<&str>,
-    ctx: &AlertContext,
-    values: &mut ValueResolver,
-    state: &mut State,
-) -> Result<(), SyncError> {
-    match action {
-        ActionType::Apply => {
-            let changes = apply::apply_to_workloads(client, namespace, reference, new_tag, digest)
-                .await
-                .map_err(|source| SyncError::Apply {
-                    rule: rule.name.clone(),
-                    tag: new_tag.to_string(),
-                    source: Box::new(source),
-                })?;
-            state.current = new_tag.to_string();
-            for w in &changes {
-                let list: Vec<String> = w
-                    .containers
-                    .iter()
-                    .map(|c| format!("{} -> {}", c.container, c.to))
-                    .collect();
-                state.events.push(SyncEvent {
-                    warning: false,
-                    reason: "WorkloadUpdated".into(),
-                    note: format!("{} {}: {}", w.kind, w.name, list.join(", ")),
-                });
-            }
-            info!(tag = new_tag, workloads = changes.len(), "applied");
-            state.workloads.extend(changes);
-            Ok(())
-        }
-        ActionType::RequestApproval => Err(SyncError::Unsupported {
-            rule: rule.name.clone(),
-        }),
-        alert_type => {
-            // Once per (Image, rule, action, tag): the record lives in status, so restarts and
-            // failovers do not repeat it. A digest alert is keyed by tag@digest.
-            let key_tag = match digest {
-                Some(d) => format!("{new_tag}@{d}"),
-                None => new_tag.to_string(),
-            };
-            let already = state.alerts.iter().any(|a| {
-                a.rule == rule.name && a.action == alert_type.as_str() && a.tag == key_tag
-            });
-            if already {
-                info!(tag = %key_tag, "alert already sent");
-                return Ok(());
-            }
-            let map_err = |source| SyncError::Alert {
-                rule: rule.name.clone(),
-                source,
-            };
-            let prepared =
-                alert::prepare(client, namespace, alert_type, data, ctx, &rule.name, values)
-                    .await
-                    .map_err(map_err)?;
-            alert::send(&shared.http, &prepared, alert_type)
-                .await
-                .map_err(map_err)?;
-            state
-                .alerts
-                .retain(|a| !(a.rule == rule.name && a.action == alert_type.as_str()));
-            state.alerts.push(AlertRecord {
-                rule: rule.name.clone(),
-                action: alert_type.as_str().to_string(),
-                tag: key_tag,
-            });
-            state.events.push(SyncEvent {
-                warning: false,
-                reason: "AlertSent".into(),
-                note: format!("{} for {new_tag} (rule {})", alert_type.as_str(), rule.name),
-            });
-            Ok(())
-        }
-    }
 }

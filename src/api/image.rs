@@ -172,6 +172,24 @@ pub enum SyncResult {
 }
 
 impl SyncResult {
+    /// Every result.
+    pub const ALL: [SyncResult; 9] = [
+        SyncResult::Success,
+        SyncResult::Scheduled,
+        SyncResult::Error,
+        SyncResult::GetImageError,
+        SyncResult::GetRuleError,
+        SyncResult::PullSecretsError,
+        SyncResult::RegistryError,
+        SyncResult::TagsError,
+        SyncResult::ActionError,
+    ];
+
+    /// The result of a status spelling, e.g. `RegistryError`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
     /// The status spelling.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -210,16 +228,24 @@ pub struct ImageStatus {
     /// Manifest digest of the current tag at the last sync (drives the `digest` rule).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
-    /// Alerts already delivered, one entry per rule with the last tag alerted, so that an alert is
-    /// sent once per (Image, rule, tag) even across restarts and failovers.
+    /// Alerts delivered, per (rule, action, tag), the newest few per (rule, action), so that an
+    /// alert is sent once even across restarts and failovers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alerts: Vec<AlertRecord>,
-    /// Standard conditions: `Ready`.
+    /// Alerts chosen but not delivered yet; retried at every sync until delivered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_alerts: Vec<PendingAlert>,
+    /// The opted-in workloads running the Image's repository, and those not at `tag`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workloads: Option<WorkloadsStatus>,
+    /// Standard conditions: `Ready` (result is Success), `Synced` (the last registry sync ran
+    /// every rule and action without failure), `WorkloadsUpToDate` (every opted-in workload of
+    /// the repository runs `tag`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
 
-/// The last tag an alert of a rule and action was delivered for.
+/// An alert delivered for a tag.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AlertRecord {
@@ -227,11 +253,74 @@ pub struct AlertRecord {
     pub rule: String,
     /// Action type, e.g. `alert-email`.
     pub action: String,
-    /// Tag alerted.
+    /// Tag alerted (`tag@digest` for digest rules).
     pub tag: String,
 }
 
+/// An alert chosen by a rule and not delivered yet.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingAlert {
+    /// Rule name.
+    pub rule: String,
+    /// Action type, e.g. `alert-email`.
+    pub action: String,
+    /// Tag to alert (`tag@digest` for digest rules): the key of the delivered record.
+    pub tag: String,
+    /// `NewTag` of the alert's template.
+    pub new_tag: String,
+    /// `ActualTag` of the alert's template: the tag the Image was at when the rule chose.
+    pub actual_tag: String,
+    /// Failed deliveries so far.
+    pub attempts: u32,
+}
+
+/// The workloads apply converges, as of the last reconcile.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadsStatus {
+    /// Opted-in workloads running the repository.
+    pub total: u32,
+    /// Those whose every container of the repository runs `tag`.
+    pub up_to_date: u32,
+    /// The others (at most 20 listed), with the reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_up_to_date: Vec<WorkloadState>,
+}
+
+/// A workload that does not run `tag`, and why.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadState {
+    /// Kind, e.g. `Deployment`.
+    pub kind: String,
+    /// Name.
+    pub name: String,
+    /// The images it runs of the repository.
+    pub images: Vec<String>,
+    /// `NewerVersion` (held, never rolled back), `ApplyFailed` (retried) or `Pending`.
+    pub reason: String,
+    /// Detail.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
 impl Image {
+    /// Whether a rule of the Image applies its tag to workloads.
+    pub fn has_apply(&self) -> bool {
+        self.apply_order().is_some()
+    }
+
+    /// The type of the first rule with an apply action: its ordering decides whether a running
+    /// workload is newer than the Image's tag.
+    pub fn apply_order(&self) -> Option<RuleType> {
+        self.spec
+            .rules
+            .iter()
+            .find(|r| r.actions.iter().any(|a| a.type_ == ActionType::Apply))
+            .map(|r| r.type_)
+    }
+
     /// The tag the Image is at: `status.tag`, else `spec.baseTag`.
     pub fn current_tag(&self) -> &str {
         self.status
