@@ -72,6 +72,10 @@ struct Memory {
     /// Statuses computed but not written yet (the write failed): the next reconcile starts from
     /// them, not from the stale status on the object.
     unwritten: HashMap<String, ImageStatus>,
+    /// The status this process last wrote (or found already written): a reconcile queued by our
+    /// own annotation patch can run before the watch cache holds the status write, and must not
+    /// start from the older status the cached object carries. Only kimup writes the status.
+    known: HashMap<String, ImageStatus>,
     /// Consecutive failed reconciles, for the backoff.
     failures: HashMap<String, u32>,
 }
@@ -156,6 +160,14 @@ impl ClusterContext {
             .flatten()
     }
 
+    fn known(&self, uid: &str) -> Option<ImageStatus> {
+        self.with_memory(|m| m.known.get(uid).cloned()).flatten()
+    }
+
+    fn set_known(&self, uid: &str, status: ImageStatus) {
+        self.with_memory(|m| m.known.insert(uid.to_string(), status));
+    }
+
     fn set_unwritten(&self, uid: &str, status: Option<ImageStatus>) {
         self.with_memory(|m| match status {
             Some(s) => m.unwritten.insert(uid.to_string(), s),
@@ -183,14 +195,21 @@ impl ClusterContext {
             m.last_run.retain(|uid, _| live.contains(uid));
             m.pushed.retain(|uid| live.contains(uid));
             m.unwritten.retain(|uid, _| live.contains(uid));
+            m.known.retain(|uid, _| live.contains(uid));
             m.failures.retain(|uid, _| live.contains(uid));
         });
     }
 
-    /// Forget when every Image last ran, so that each syncs again (a new leader re-syncs
-    /// everything). Unwritten statuses are kept: they are what this process learned.
+    /// Forget everything about every Image, so that each syncs again from its stored status (a
+    /// new leader re-syncs everything; another leader may have written since this replica last
+    /// did, so what it remembers is stale). An alert delivered but not recorded before a
+    /// failover can therefore be sent again once: alerts are at-least-once across failovers.
     pub fn forget_all(&self) {
-        self.with_memory(|m| m.last_run.clear());
+        self.with_memory(|m| {
+            m.last_run.clear();
+            m.unwritten.clear();
+            m.known.clear();
+        });
     }
 }
 
@@ -452,8 +471,13 @@ async fn reconcile(image: Arc<Image>, ctx: Arc<ClusterContext>) -> Result<Action
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let uid = image.uid().unwrap_or_else(|| format!("{namespace}/{name}"));
-    let stored = image.status.clone().unwrap_or_default();
-    let previous = ctx.unwritten(&uid).unwrap_or_else(|| stored.clone());
+    // What the API server has, as far as this process knows: its own last write may not be in
+    // the watch cache yet.
+    let stored = ctx
+        .known(&uid)
+        .unwrap_or_else(|| image.status.clone().unwrap_or_default());
+    let unwritten = ctx.unwritten(&uid);
+    let previous = unwritten.clone().unwrap_or_else(|| stored.clone());
     let others = images.state();
     let conflict = sync::conflicting(&image, others.iter().map(|i| i.as_ref()));
     let now = Utc::now();
@@ -508,6 +532,7 @@ async fn reconcile(image: Arc<Image>, ctx: Arc<ClusterContext>) -> Result<Action
         return Err(e);
     }
     ctx.set_unwritten(&uid, None);
+    ctx.set_known(&uid, report.status.clone());
     let failed_workloads = report
         .workloads
         .iter()

@@ -365,7 +365,7 @@ pub async fn converge_image(
         client,
         image,
         previous.tag.as_deref(),
-        previous.digest.as_deref(),
+        previous.pinned_digest.as_deref(),
         scope,
         &namespace,
     )
@@ -377,6 +377,7 @@ pub async fn converge_image(
         Composed {
             tag: previous.tag.clone(),
             digest: previous.digest.clone(),
+            pinned: previous.pinned_digest.clone(),
             alerts: previous.alerts.clone(),
             pending_alerts: previous.pending_alerts.clone(),
             time: previous.time.clone(),
@@ -428,6 +429,7 @@ fn carried_sync(previous: &ImageStatus) -> SyncOutcome {
 struct State {
     current: String,
     digest: Option<String>,
+    pinned: Option<String>,
     alerts: Vec<AlertRecord>,
     pending: Vec<PendingAlert>,
     events: Vec<SyncEvent>,
@@ -463,6 +465,7 @@ async fn run(
             .filter(|t| !t.is_empty())
             .unwrap_or_else(|| image.spec.base_tag.clone()),
         digest: previous.digest.clone(),
+        pinned: previous.pinned_digest.clone(),
         alerts: previous.alerts.clone(),
         pending: previous.pending_alerts.clone(),
         events: Vec::new(),
@@ -509,7 +512,7 @@ async fn run(
         client,
         image,
         tag.as_deref(),
-        state.digest.as_deref(),
+        state.pinned.as_deref(),
         scope,
         namespace,
     )
@@ -523,6 +526,7 @@ async fn run(
         Composed {
             tag,
             digest: state.digest,
+            pinned: state.pinned,
             alerts: state.alerts,
             pending_alerts: state.pending,
             time: Some(now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
@@ -542,6 +546,7 @@ async fn run(
 struct Composed<'a> {
     tag: Option<String>,
     digest: Option<String>,
+    pinned: Option<String>,
     alerts: Vec<AlertRecord>,
     pending_alerts: Vec<PendingAlert>,
     time: Option<String>,
@@ -623,6 +628,7 @@ fn compose(image: &Image, previous: &ImageStatus, c: Composed<'_>) -> ImageStatu
         message: Some(message),
         observed_generation: generation,
         digest: c.digest,
+        pinned_digest: c.pinned,
         alerts: c.alerts,
         pending_alerts: c.pending_alerts,
         workloads,
@@ -809,7 +815,7 @@ async fn converge(
     client: &Client,
     image: &Image,
     tag: Option<&str>,
-    digest: Option<&str>,
+    pinned: Option<&str>,
     scope: &Scope<'_>,
     namespace: &str,
 ) -> Option<Vec<WorkloadOutcome>> {
@@ -822,12 +828,7 @@ async fn converge(
     let desired = Desired {
         repository,
         tag: tag.to_string(),
-        // Only digest rules pin: the digest recorded is the tag's at the last sync.
-        digest: if order == Some(RuleType::Digest) {
-            digest.map(str::to_string)
-        } else {
-            None
-        },
+        digest: pinned.map(str::to_string),
         order,
     };
     let span = info_span!("action.apply", tag = %tag);
@@ -931,6 +932,8 @@ async fn steps(
                     // writes the workloads.
                     info!(tag = %new_tag, rule = %rule.name, "apply: new desired tag");
                     state.current = new_tag.clone();
+                    // A digest rule pins the moved tag's digest; a new tag starts unpinned.
+                    state.pinned = digest.clone();
                 }
                 ActionType::RequestApproval => {
                     crate::metrics::action(action.type_.as_str(), "unsupported");

@@ -288,6 +288,87 @@ async fn moving_a_tag_fires_the_digest_rule() {
     assert_eq!(inits[0], format!("{image_ref}:stable@{moved}"));
 }
 
+#[tokio::test]
+async fn a_refused_alert_is_retried_without_a_new_tag_and_delivered_once() {
+    let env = env();
+    let cluster = &env.clusters[0];
+    let client = cluster.client().await.expect("client");
+    let ns = env.namespace(0, "alert-retry").await.expect("namespace");
+    let reg = env.plain_registry();
+    reg.push_tags("alertretry/app", &["1.0.0", "1.1.0"])
+        .await
+        .expect("push");
+    let sink = HttpSink::start().await.expect("http sink");
+    sink.set_failing(true);
+    let api: Api<kimup::api::AlertConfig> = Api::namespaced(client.clone(), &ns);
+    let ac: kimup::api::AlertConfig = serde_yaml::from_str(&format!(
+        "apiVersion: kimup.cloudavenue.io/v1alpha1\nkind: AlertConfig\nmetadata: {{name: flaky}}\nspec:\n  webhook:\n    url: {{value: \"{}/flaky/hook\"}}\n",
+        sink.url
+    ))
+    .expect("alertconfig");
+    api.create(&PostParams::default(), &ac)
+        .await
+        .expect("create");
+    let kimup = start_kimup(env, cluster, &ns, &[]);
+    // apply first, then the alert: the tag moves to 1.1.0 in the first sync, so later syncs
+    // find no new tag and only the pending alert can explain a retry.
+    create_image(
+        &client,
+        &ns,
+        &format!(
+            "apiVersion: kimup.cloudavenue.io/v1alpha1\nkind: Image\nmetadata: {{name: app}}\nspec:\n  image: {}/alertretry/app\n  baseTag: 1.0.0\n  triggers: [{{type: crontab, value: \"*/2 * * * * *\"}}]\n  rules:\n  - name: r\n    type: semver-minor\n    actions: [{{type: apply}}, {{type: alert-webhook, data: {{valueFrom: {{alertConfigRef: {{name: flaky}}}}}}}}]\n",
+            reg.host
+        ),
+    )
+    .await;
+    let status = wait_status(&client, &ns, "app", Duration::from_secs(60), &kimup, |s| {
+        s.tag.as_deref() == Some("1.1.0") && !s.pending_alerts.is_empty()
+    })
+    .await;
+    assert_eq!(status.result, Some(SyncResult::ActionError));
+    assert_eq!(status.pending_alerts[0].new_tag, "1.1.0");
+    // Retried at later syncs although no rule chooses a new tag any more.
+    wait_for(|| sink.received_on("/flaky/hook"), |r| r.len() >= 3).await;
+    sink.set_failing(false);
+    let delivered = wait_status(&client, &ns, "app", Duration::from_secs(30), &kimup, |s| {
+        s.pending_alerts.is_empty() && !s.alerts.is_empty()
+    })
+    .await;
+    assert_eq!(delivered.alerts[0].tag, "1.1.0");
+    assert_eq!(
+        delivered.result,
+        Some(SyncResult::Success),
+        "{:?}",
+        delivered.message
+    );
+    // Two more syncs after the delivery: still exactly one delivery.
+    let after = delivered.time.clone();
+    wait_status(&client, &ns, "app", Duration::from_secs(30), &kimup, |s| {
+        s.time != after
+    })
+    .await;
+    let later = wait_status(&client, &ns, "app", Duration::from_secs(30), &kimup, |s| {
+        s.time != after
+    })
+    .await;
+    wait_status(&client, &ns, "app", Duration::from_secs(30), &kimup, |s| {
+        s.time != later.time
+    })
+    .await;
+    let deliveries = sink.delivered_on("/flaky/hook");
+    assert_eq!(
+        deliveries.len(),
+        1,
+        "delivered once, after {} refused attempts",
+        sink.received_on("/flaky/hook").len() - 1
+    );
+    assert_eq!(
+        deliveries[0].body["newTag"], "1.1.0",
+        "{:?}",
+        deliveries[0].body
+    );
+}
+
 async fn wait_for<T>(get: impl Fn() -> T, ok: impl Fn(&T) -> bool) -> T {
     for _ in 0..150 {
         let v = get();

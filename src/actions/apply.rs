@@ -500,7 +500,10 @@ mod tests {
 
     #[test]
     fn digest_pins_converge_on_tag_and_digest() {
-        let (aa, bb) = (format!("sha256:{}", "a".repeat(64)), format!("sha256:{}", "b".repeat(64)));
+        let (aa, bb) = (
+            format!("sha256:{}", "a".repeat(64)),
+            format!("sha256:{}", "b".repeat(64)),
+        );
         let mut want = desired("stable", Some(RuleType::Digest));
         want.digest = Some(bb.clone());
         let spec = PodSpec {

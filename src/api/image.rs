@@ -228,6 +228,10 @@ pub struct ImageStatus {
     /// Manifest digest of the current tag at the last sync (drives the `digest` rule).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// Digest that apply pins with `tag` (`tag@digest`), set when a `digest` rule with an apply
+    /// action fired; cleared when apply moves to another tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_digest: Option<String>,
     /// Alerts delivered, per (rule, action, tag), the newest few per (rule, action), so that an
     /// alert is sent once even across restarts and failovers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -22,38 +22,63 @@ pub struct Received {
     pub headers: HeaderMap,
     /// JSON body.
     pub body: serde_json::Value,
+    /// Whether the sink answered with success (a delivery), rather than an error (an attempt).
+    pub accepted: bool,
 }
 
-/// An HTTP server on 127.0.0.1 recording every POST. Paths under `/fail/` answer 500.
+/// What the sink's handler shares with the test.
+#[derive(Clone, Default)]
+struct Shared {
+    received: Arc<Mutex<Vec<Received>>>,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// An HTTP server on 127.0.0.1 recording every POST. Paths under `/fail/` answer 500, and every
+/// path answers 503 while [`HttpSink::set_failing`] is on.
 pub struct HttpSink {
     /// `http://127.0.0.1:PORT`.
     pub url: String,
-    received: Arc<Mutex<Vec<Received>>>,
+    shared: Shared,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl HttpSink {
     /// Starts the sink on the current runtime.
     pub async fn start() -> Result<Self> {
-        let received = Arc::new(Mutex::new(Vec::new()));
+        let shared = Shared::default();
         let app = Router::new()
             .route("/{*path}", post(record))
-            .with_state(received.clone());
+            .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(Self {
-            url,
-            received,
-            task,
-        })
+        Ok(Self { url, shared, task })
+    }
+
+    /// While on, every request is refused with 503 (and recorded as not accepted).
+    pub fn set_failing(&self, on: bool) {
+        self.shared
+            .failing
+            .store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Requests received so far.
     pub fn received(&self) -> Vec<Received> {
-        self.received.lock().map(|r| r.clone()).unwrap_or_default()
+        self.shared
+            .received
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
+    /// Requests on `path` that the sink accepted: the deliveries.
+    pub fn delivered_on(&self, path: &str) -> Vec<Received> {
+        self.received_on(path)
+            .into_iter()
+            .filter(|r| r.accepted)
+            .collect()
     }
 
     /// Requests received on `path`.
@@ -72,7 +97,7 @@ impl Drop for HttpSink {
 }
 
 async fn record(
-    State(received): State<Arc<Mutex<Vec<Received>>>>,
+    State(shared): State<Shared>,
     UrlPath(path): UrlPath<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -80,19 +105,22 @@ async fn record(
     let body = serde_json::from_slice(&body)
         .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into()));
     let path = format!("/{path}");
-    let fail = path.starts_with("/fail/");
-    if let Ok(mut r) = received.lock() {
+    let status = if shared.failing.load(std::sync::atomic::Ordering::SeqCst) {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else if path.starts_with("/fail/") {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::NO_CONTENT
+    };
+    if let Ok(mut r) = shared.received.lock() {
         r.push(Received {
             path,
             headers,
             body,
+            accepted: status.is_success(),
         });
     }
-    if fail {
-        StatusCode::INTERNAL_SERVER_ERROR
-    } else {
-        StatusCode::NO_CONTENT
-    }
+    status
 }
 
 /// A real SMTP server (Python's aiosmtpd) storing each message in a Maildir.
