@@ -831,7 +831,7 @@ async fn converge(
         digest: pinned.map(str::to_string),
         order,
     };
-    let span = info_span!("action.apply", tag = %tag);
+    let span = info_span!("action", r#type = "apply", tag = %tag);
     let outcomes = apply::converge(
         client,
         scope.workloads,

@@ -253,11 +253,7 @@ async fn newer_workloads_are_held_and_reported_not_rolled_back() {
         Some(SyncResult::ActionError),
         "Success means every opted-in workload runs status.tag"
     );
-    assert!(
-        event_reasons(&client, &ns, "app")
-            .await
-            .contains(&"NewerVersionRunning".to_string())
-    );
+    wait_event(&client, &ns, "app", "NewerVersionRunning").await;
 }
 
 #[tokio::test]

@@ -21,8 +21,9 @@ fn env() -> &'static TestEnv {
     .expect("test environment starts")
 }
 
-/// kimup over every cluster of `env` through a kubeconfig folder.
-fn start_multi(env: &TestEnv, namespace: &str, extra: &[&str]) -> Kimup {
+/// kimup over every cluster of `env` through a kubeconfig folder, serving `namespace` only, or
+/// every namespace when `all_namespaces`.
+fn start_multi(env: &TestEnv, namespace: &str, all_namespaces: bool, extra: &[&str]) -> Kimup {
     let dir = env.run_dir.join(format!("kubeconfigs-{namespace}"));
     env.write_kubeconfigs(&dir).expect("kubeconfigs");
     let ca = env.run_dir.join("tls-ca.pem");
@@ -31,11 +32,13 @@ fn start_multi(env: &TestEnv, namespace: &str, extra: &[&str]) -> Kimup {
         "--log-format=json".into(),
         "run".into(),
         format!("--kubeconfig-dir={}", dir.display()),
-        format!("--watch-namespace={namespace}"),
         "--listen-addr=127.0.0.1:0".into(),
         format!("--insecure-registry={}", env.plain_registry().host),
         format!("--registry-ca-file={}", ca.display()),
     ];
+    if !all_namespaces {
+        args.push(format!("--watch-namespace={namespace}"));
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
     spawn_kimup(env, &format!("kimup-{namespace}"), &args)
 }
@@ -68,7 +71,7 @@ async fn the_same_images_in_three_clusters_are_all_updated() {
         .await;
         create_image(&client, &ns, &image_yaml("web", &image, None)).await;
     }
-    let kimup = start_multi(env, &ns, &[]);
+    let kimup = start_multi(env, &ns, false, &[]);
     for c in &env.clusters {
         let client = c.client().await.expect("client");
         let s = wait_status(&client, &ns, "web", Duration::from_secs(60), &kimup, |s| {
@@ -98,11 +101,18 @@ async fn the_same_images_in_three_clusters_are_all_updated() {
 
 #[tokio::test]
 async fn three_hundred_images_over_three_clusters_cost_one_listing_per_repository() {
-    let env = env();
-    let ns = env
-        .namespace_everywhere("dedupe")
+    // An environment of its own: this kimup serves every namespace, since one namespace holds
+    // at most one applying Image per repository (more are a conflict, see tests/apply.rs).
+    let env = TestEnv::builder()
+        .name("dedupe")
+        .clusters(3)
+        .registries()
+        .kimup_crds()
+        .start()
         .await
-        .expect("namespaces");
+        .expect("test environment starts");
+    let env = &env;
+    let ns = "dedupe".to_string();
     let reg = env.plain_registry();
     let repos: Vec<String> = (0..10).map(|i| format!("dedupe-{ns}/repo-{i}")).collect();
     for r in &repos {
@@ -118,11 +128,18 @@ async fn three_hundred_images_over_three_clusters_cost_one_listing_per_repositor
         tls.auth.clone().expect("auth"),
         tls.second_auth.clone().expect("second user"),
     );
+    // Ten namespaces per cluster, each with one Image of each repository.
+    let namespaces: Vec<String> = (0..10).map(|i| format!("{ns}-{i}")).collect();
     for c in &env.clusters {
         let client = c.client().await.expect("client");
-        let api: Api<Image> = Api::namespaced(client.clone(), &ns);
+        for n in &namespaces {
+            kimup_testenv::create_namespace(c, n)
+                .await
+                .expect("namespace");
+        }
         for n in 0..100 {
             let repo = &repos[n % repos.len()];
+            let api: Api<Image> = Api::namespaced(client.clone(), &namespaces[n / repos.len()]);
             let img: Image = serde_yaml::from_str(&image_yaml(
                 &format!("img-{n}"),
                 &format!("{}/{repo}", reg.host),
@@ -133,19 +150,19 @@ async fn three_hundred_images_over_three_clusters_cost_one_listing_per_repositor
                 .await
                 .expect("create");
         }
-        create_secret(
-            &client,
-            &ns,
-            &pull_secret("creds-a", &tls.host, &a.username, &a.password),
-        )
-        .await;
-        create_secret(
-            &client,
-            &ns,
-            &pull_secret("creds-b", &tls.host, &b.username, &b.password),
-        )
-        .await;
-        for (name, secret) in [("private-a", "creds-a"), ("private-b", "creds-b")] {
+        for (i, (name, secret, user)) in
+            [("private-a", "creds-a", &a), ("private-b", "creds-b", &b)]
+                .into_iter()
+                .enumerate()
+        {
+            let ns = &namespaces[i];
+            create_secret(
+                &client,
+                ns,
+                &pull_secret(secret, &tls.host, &user.username, &user.password),
+            )
+            .await;
+            let api: Api<Image> = Api::namespaced(client.clone(), ns);
             let img: Image = serde_yaml::from_str(&image_yaml(
                 name,
                 &format!("{}/{private}", tls.host),
@@ -163,10 +180,10 @@ async fn three_hundred_images_over_three_clusters_cost_one_listing_per_repositor
     let before_private = tls.tag_list_requests_for(&private).expect("log");
     assert_eq!((before_public, before_private), (0, 0));
 
-    let kimup = start_multi(env, &ns, &["--tag-cache-ttl=10m"]);
+    let kimup = start_multi(env, &ns, true, &["--tag-cache-ttl=10m"]);
     for c in &env.clusters {
         let client = c.client().await.expect("client");
-        let api: Api<Image> = Api::namespaced(client.clone(), &ns);
+        let api: Api<Image> = Api::all(client.clone());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {
             let list = api.list(&ListParams::default()).await.expect("list");

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use kimup::api::SyncResult;
 
-fn image(name: &str, host: &str, repo: &str, secret: &str, insecure: bool) -> String {
+fn image(name: &str, host: &str, repo: &str, secret: &str, insecure: bool, action: &str) -> String {
     format!(
         r#"
 apiVersion: kimup.cloudavenue.io/v1alpha1
@@ -21,7 +21,7 @@ spec:
   insecureSkipTLSVerify: {insecure}
   imagePullSecrets: [{{name: {secret}}}]
   triggers: [{{type: crontab, value: "@hourly"}}]
-  rules: [{{name: minor, type: semver-minor, actions: [{{type: apply}}]}}]
+  rules: [{{name: minor, type: semver-minor, actions: [{{type: {action}}}]}}]
 "#
     )
 }
@@ -53,7 +53,14 @@ async fn basic_auth_through_pull_secrets_over_tls() {
     create_image(
         &client,
         &ns,
-        &image("good", &reg.host, "private/app", "good-creds", false),
+        &image(
+            "good",
+            &reg.host,
+            "private/app",
+            "good-creds",
+            false,
+            "apply",
+        ),
     )
     .await;
     create_image(
@@ -65,6 +72,9 @@ async fn basic_auth_through_pull_secrets_over_tls() {
             "private/app",
             "bad-creds",
             false,
+            // It never gets past the registry; an alert action keeps it from conflicting with
+            // `good` over the repository (two Images applying one repository in a namespace).
+            "alert-webhook",
         ),
     )
     .await;
@@ -116,7 +126,14 @@ async fn self_signed_certificate_needs_trust_or_insecure_skip() {
     create_image(
         &client,
         &ns,
-        &image("verified", &reg.host, "private/selfsigned", "creds", false),
+        &image(
+            "verified",
+            &reg.host,
+            "private/selfsigned",
+            "creds",
+            false,
+            "alert-webhook",
+        ),
     )
     .await;
     create_image(
@@ -128,6 +145,7 @@ async fn self_signed_certificate_needs_trust_or_insecure_skip() {
             "private/selfsigned",
             "creds",
             true,
+            "apply",
         ),
     )
     .await;

@@ -54,8 +54,13 @@ async fn a_registry_push_notification_syncs_webhook_images() {
         &args,
         &[("KIMUP_WEBHOOK_TOKEN".into(), TOKEN.into())],
     );
-    // Only a webhook trigger: no crontab will ever look again.
-    for (name, trigger) in [("app", "webhook"), ("cron-only", "crontab")] {
+    // Only a webhook trigger: no crontab will ever look again. The crontab-only Image watches
+    // a repository of its own (two Images applying one repository in a namespace conflict).
+    reg.push_tags("hooked/other", &["1.0.0"])
+        .await
+        .expect("push");
+    let other = format!("{}/hooked/other", reg.host);
+    for (name, trigger, image) in [("app", "webhook", &image), ("cron-only", "crontab", &other)] {
         let value = if trigger == "crontab" {
             ", value: '@yearly'"
         } else {
@@ -79,7 +84,11 @@ async fn a_registry_push_notification_syncs_webhook_images() {
         assert_eq!(s.tag.as_deref(), Some("1.0.0"));
     }
 
-    // The push: the registry notifies kimup, which lists again and rolls it out.
+    // The pushes: the registry notifies kimup, in push order. Only the Image with a webhook
+    // trigger syncs, lists again and rolls out.
+    reg.push_tags("hooked/other", &["1.1.0"])
+        .await
+        .expect("push");
     reg.push_tags("hooked/app", &["1.1.0"]).await.expect("push");
     wait_status(&client, &ns, "app", Duration::from_secs(30), &kimup, |s| {
         s.tag.as_deref() == Some("1.1.0")
@@ -91,8 +100,8 @@ async fn a_registry_push_notification_syncs_webhook_images() {
         kimup.log_text().contains("\"trigger\":\"webhook\""),
         "synced for the webhook"
     );
-    // The Image without a webhook trigger is left to its schedule.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The Image without a webhook trigger is left to its schedule: the notification of its own
+    // repository's push came first and was handled before the one that moved `app`.
     let api: kube::Api<kimup::api::Image> = kube::Api::namespaced(client.clone(), &ns);
     let cron = api.get("cron-only").await.expect("get");
     assert_eq!(cron.status.and_then(|s| s.tag).as_deref(), Some("1.0.0"));

@@ -230,3 +230,20 @@ pub async fn event_reasons(client: &Client, namespace: &str, name: &str) -> Vec<
         .filter_map(|e| e.reason)
         .collect()
 }
+
+/// Waits until an event with `reason` is recorded for the object (events are published right
+/// after the status write, so a test that saw the status may be ahead of them).
+pub async fn wait_event(client: &Client, namespace: &str, name: &str, reason: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let reasons = event_reasons(client, namespace, name).await;
+        if reasons.iter().any(|r| r == reason) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {reason} event for {namespace}/{name} within 15 s; events {reasons:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

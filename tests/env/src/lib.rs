@@ -274,7 +274,8 @@ fn unique_name(prefix: &str) -> String {
     )
 }
 
-async fn create_namespace(cluster: &Cluster, name: &str) -> Result<()> {
+/// Creates a namespace in `cluster`.
+pub async fn create_namespace(cluster: &Cluster, name: &str) -> Result<()> {
     let api: Api<Namespace> = Api::all(cluster.client().await?);
     let ns = Namespace {
         metadata: ObjectMeta {

@@ -123,18 +123,29 @@ async fn run_once(a: &Args, cache: bool) -> Result<Run> {
     for r in 0..a.repos {
         reg.push_tags(&format!("bench/repo-{r}"), &tag_refs).await?;
     }
-    let ns = env.namespace_everywhere("bench").await?;
+    // One namespace holds at most one applying Image per repository (more are a conflict):
+    // Images n and m share a cluster and a repository when n = m mod lcm(clusters, repos), so
+    // block n / lcm is a namespace.
+    let block = lcm(a.clusters.max(1), a.repos.max(1));
+    let mut namespaces = Vec::new();
+    for _ in 0..a.images.div_ceil(block) {
+        namespaces.push(env.namespace_everywhere("bench").await?);
+    }
     let ar = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("kimup.cloudavenue.io", "v1alpha1", "Image"),
         "images",
     );
     let mut apis = Vec::new();
+    let mut all = Vec::new();
     for c in &env.clusters {
-        apis.push(Api::<DynamicObject>::namespaced_with(
-            c.client().await?,
-            &ns,
-            &ar,
-        ));
+        let client = c.client().await?;
+        apis.push(
+            namespaces
+                .iter()
+                .map(|ns| Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar))
+                .collect::<Vec<_>>(),
+        );
+        all.push(Api::<DynamicObject>::all_with(client, &ar));
     }
     for n in 0..a.images {
         let mut img = DynamicObject::new(&format!("img-{n}"), &ar);
@@ -144,7 +155,7 @@ async fn run_once(a: &Args, cache: bool) -> Result<Run> {
             "triggers": [{"type": "crontab", "value": "@hourly"}],
             "rules": [{"name": "minor", "type": "semver-minor", "actions": [{"type": "apply"}]}]
         }});
-        apis[n % a.clusters]
+        apis[n % a.clusters][n / block]
             .create(&PostParams::default(), &img)
             .await?;
     }
@@ -174,7 +185,7 @@ async fn run_once(a: &Args, cache: bool) -> Result<Run> {
     )?;
     loop {
         let mut done = 0;
-        for api in &apis {
+        for api in &all {
             done += api
                 .list(&ListParams::default())
                 .await?
@@ -257,4 +268,12 @@ fn mem_total() -> String {
                 .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
         })
         .unwrap_or_default()
+}
+
+/// Least common multiple.
+fn lcm(a: usize, b: usize) -> usize {
+    fn gcd(a: usize, b: usize) -> usize {
+        if b == 0 { a } else { gcd(b, a % b) }
+    }
+    a / gcd(a, b) * b
 }
