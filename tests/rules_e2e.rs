@@ -201,6 +201,25 @@ async fn calver_patch() {
 }
 
 #[tokio::test]
+async fn calver_prerelease() {
+    // kimup (Go)'s docs' example: the highest later dev build, never the release.
+    rule_case(
+        "calver-prerelease",
+        "calver-prerelease",
+        None,
+        "2024.0.0-dev.0",
+        &[
+            "2024.0.0-dev.0",
+            "2024.0.0-dev.1",
+            "2024.0.0-dev.2",
+            "2024.0.0",
+        ],
+        "2024.0.0-dev.2",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn regex() {
     rule_case(
         "regex",
