@@ -4,6 +4,11 @@
 //! never depends on the order the registry listed the tags in. The Go original picked the first
 //! match in descending string order (so `v1.9.5` won over `v1.10.0`), let pre-releases and
 //! `-alpine` variants through, and could downgrade through regex rules; none of that is kept.
+//!
+//! What is kept is its buckets: semver-major, -minor and -patch (and calver's on year, minor and
+//! patch) cover disjoint ranges of versions, so that a manifest can pair "semver-major -> alert"
+//! with "semver-minor -> apply" and have the minor rule ignore a new major and the major rule
+//! ignore a new minor.
 
 use std::cmp::{Ordering, Reverse};
 use std::fmt;
@@ -19,19 +24,19 @@ use crate::version::{CalverTag, OrderedTag, SemverTag};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RuleType {
-    /// Newest calendar-version release, any year.
+    /// Highest calendar-version release of a later year (>= next year).
     CalverMajor,
-    /// Newest calendar-version release within the current year.
+    /// Highest calendar-version release of this year with a higher minor (< next year).
     CalverMinor,
-    /// Newest calendar-version release within the current year and month.
+    /// Highest calendar-version release of this year.minor with a higher patch (< next minor).
     CalverPatch,
-    /// Newest pre-release or release of the current calendar date.
+    /// Highest calendar-version pre-release above the current pre-release.
     CalverPrerelease,
-    /// Highest newer semantic version, major upgrades included.
+    /// Highest semantic version with a higher major (>= next major).
     SemverMajor,
-    /// Highest newer semantic version with the current major.
+    /// Highest semantic version of this major with a higher minor (>= next minor, < next major).
     SemverMinor,
-    /// Highest newer semantic version with the current major and minor.
+    /// Highest semantic version of this major.minor with a higher patch (< next minor).
     SemverPatch,
     /// Highest newer tag matching the regular expression in `value`.
     Regex,
@@ -78,7 +83,9 @@ impl RuleType {
             RuleType::CalverMajor
             | RuleType::CalverMinor
             | RuleType::CalverPatch
-            | RuleType::CalverPrerelease => "a calendar version (such as 2024.11.05 or 24.04)",
+            | RuleType::CalverPrerelease => {
+                "a calendar version (such as 2024.0.0, 2024.11.05 or 24.04)"
+            }
             _ => "a semantic version (such as 1.2.3 or v1.2)",
         }
     }
@@ -343,14 +350,7 @@ fn rank_semver(
             .then_with(|| semver_style(b, &cur).cmp(&semver_style(a, &cur)))
             .then_with(|| a.raw.cmp(&b.raw))
     });
-    let mut scope = match rule {
-        RuleType::SemverMinor => format!("newer than {current} with major {}", cur.major),
-        RuleType::SemverPatch => format!(
-            "newer than {current} with major.minor {}.{}",
-            cur.major, cur.minor
-        ),
-        _ => format!("newer than {current}"),
-    };
+    let mut scope = semver_bucket(rule, &cur);
     scope.push_str(&format!(", {}", describe_variant(cur.variant.as_deref())));
     scope.push_str(if cur.is_prerelease() {
         ", pre-releases allowed"
@@ -365,6 +365,31 @@ fn rank_semver(
         rejected,
         scope,
     })
+}
+
+/// The range a semver rule covers from `cur`, written as kimup (Go) builds its constraint.
+///
+/// Membership is decided on the numbers (see [`semver_verdict`]); from a pre-release the patch
+/// bucket starts just above the current tag, so that `1.0.0-rc2` follows `1.0.0-rc1`.
+fn semver_bucket(rule: RuleType, cur: &SemverTag) -> String {
+    // u128: a u64 major of u64::MAX still has a next one.
+    let (major, minor, patch) = (
+        u128::from(cur.major),
+        u128::from(cur.minor),
+        u128::from(cur.patch),
+    );
+    match rule {
+        RuleType::SemverMajor => format!(">= {}.0.0", major + 1),
+        RuleType::SemverMinor => format!(">= {major}.{}.0, < {}.0.0", minor + 1, major + 1),
+        _ => match &cur.pre {
+            Some(pre) => format!("> {major}.{minor}.{patch}-{pre}, < {major}.{}.0", minor + 1),
+            None => format!(
+                ">= {major}.{minor}.{}, < {major}.{}.0",
+                patch + 1,
+                minor + 1
+            ),
+        },
+    }
 }
 
 fn semver_verdict(
@@ -386,15 +411,21 @@ fn semver_verdict(
     if cand.is_prerelease() && !cur.is_prerelease() {
         return Err("pre-release while current is a release".into());
     }
-    let same_major = cand.major == cur.major;
-    if matches!(rule, RuleType::SemverMinor | RuleType::SemverPatch) && !same_major {
-        return Err("different major".into());
-    }
-    if rule == RuleType::SemverPatch && cand.minor != cur.minor {
-        return Err("different minor".into());
-    }
     if cand.version_cmp(cur) != Ordering::Greater {
         return Err("not newer than current".into());
+    }
+    // Candidates are newer than the current tag here, so a differing major or minor is higher.
+    let outside = match rule {
+        RuleType::SemverMajor if cand.major == cur.major => Some("same major"),
+        RuleType::SemverMinor | RuleType::SemverPatch if cand.major != cur.major => {
+            Some("different major")
+        }
+        RuleType::SemverMinor if cand.minor == cur.minor => Some("same minor"),
+        RuleType::SemverPatch if cand.minor != cur.minor => Some("different minor"),
+        _ => None,
+    };
+    if let Some(reason) = outside {
+        return Err(reason.into());
     }
     if let Some((text, req)) = constraint {
         // Only the numbers: VersionReq refuses pre-releases unless a comparator names one,
@@ -420,28 +451,23 @@ fn rank_calver(rule: RuleType, current: &str, tags: &[&str]) -> Result<Ranking, 
             Err(reason) => rejected.push((tag.to_string(), reason)),
         }
     }
+    let style = |t: &CalverTag| (t.precision == cur.precision, t.v_prefix == cur.v_prefix);
     eligible.sort_by(|a, b| {
         b.version_cmp(a)
-            .then_with(|| (b.v_prefix == cur.v_prefix).cmp(&(a.v_prefix == cur.v_prefix)))
+            .then_with(|| style(b).cmp(&style(a)))
             .then_with(|| a.raw.cmp(&b.raw))
     });
-    let within = match rule {
-        RuleType::CalverMinor => format!(" within year {}", cur.year),
-        RuleType::CalverPatch => match cur.month {
-            Some(month) => format!(" within {}.{month:02}", cur.year),
-            None => format!(" within year {}", cur.year),
-        },
-        RuleType::CalverPrerelease => " with the same date".to_string(),
-        _ => String::new(),
-    };
-    let kinds = if rule == RuleType::CalverPrerelease {
-        "pre-releases and the release"
-    } else {
-        "releases only"
+    let kinds = match rule {
+        RuleType::CalverPrerelease if !cur.is_prerelease() => {
+            "pre-releases only, and the current tag is a release"
+        }
+        RuleType::CalverPrerelease => "pre-releases only",
+        _ => "releases only",
     };
     let scope = format!(
-        "newer than {current}{within}, format {}, {}, {kinds}",
-        cur.format_name(),
+        "{}, {} years, {}, {kinds}",
+        calver_bucket(rule, &cur),
+        cur.year_format(),
         describe_variant(cur.variant.as_deref())
     );
     Ok(Ranking {
@@ -451,16 +477,35 @@ fn rank_calver(rule: RuleType, current: &str, tags: &[&str]) -> Result<Ranking, 
     })
 }
 
+/// The range a calver rule covers from `cur`, written as kimup (Go) builds its constraint.
+fn calver_bucket(rule: RuleType, cur: &CalverTag) -> String {
+    let (year, minor, patch) = (cur.year, cur.minor, cur.patch);
+    let numbers = format!("{year}.{minor}.{patch}");
+    match (rule, &cur.pre) {
+        (RuleType::CalverMajor, _) => format!(">= {}.0.0", year + 1),
+        (RuleType::CalverMinor, _) => format!(">= {year}.{}.0, < {}.0.0", minor + 1, year + 1),
+        (RuleType::CalverPatch, Some(pre)) => {
+            format!("> {numbers}-{pre}, < {year}.{}.0", minor + 1)
+        }
+        (RuleType::CalverPatch, None) => {
+            format!(">= {year}.{minor}.{}, < {year}.{}.0", patch + 1, minor + 1)
+        }
+        (_, Some(pre)) => format!("> {numbers}-{pre}"),
+        (_, None) => format!("> {numbers}"),
+    }
+}
+
 fn calver_verdict(rule: RuleType, cur: &CalverTag, tag: &str) -> Result<CalverTag, String> {
     if tag == cur.raw {
         return Err("current tag".into());
     }
     let cand = CalverTag::parse(tag).ok_or("unparsable")?;
-    if !cand.same_format(cur) {
+    // 24 and 2024 would otherwise compare as numbers, and 2023 would be "newer" than 24.04.
+    if cand.year_digits != cur.year_digits {
         return Err(format!(
-            "format {} != current format {}",
-            cand.format_name(),
-            cur.format_name()
+            "{} year while current has {}",
+            cand.year_format(),
+            cur.year_format()
         ));
     }
     if cand.variant != cur.variant {
@@ -469,22 +514,33 @@ fn calver_verdict(rule: RuleType, cur: &CalverTag, tag: &str) -> Result<CalverTa
             cur.variant.as_deref(),
         ));
     }
-    if cand.is_prerelease() && rule != RuleType::CalverPrerelease {
-        return Err(format!("pre-release ({rule} takes releases only)"));
-    }
-    let scope_error = match rule {
-        RuleType::CalverMinor | RuleType::CalverPatch if cand.year != cur.year => {
-            Some("different year")
+    if rule == RuleType::CalverPrerelease {
+        if !cand.is_prerelease() {
+            return Err("release (calver-prerelease takes pre-releases only)".into());
         }
-        RuleType::CalverPatch if cand.month != cur.month => Some("different month"),
-        RuleType::CalverPrerelease if !cand.same_date(cur) => Some("different date"),
-        _ => None,
-    };
-    if let Some(reason) = scope_error {
-        return Err(reason.into());
+        if !cur.is_prerelease() {
+            return Err(
+                "current is a release (calver-prerelease starts from a pre-release)".into(),
+            );
+        }
+    } else if cand.is_prerelease() {
+        return Err(format!("pre-release ({rule} takes releases only)"));
     }
     if cand.version_cmp(cur) != Ordering::Greater {
         return Err("not newer than current".into());
+    }
+    // Candidates are newer than the current tag here, so a differing year or minor is higher.
+    let outside = match rule {
+        RuleType::CalverMajor if cand.year == cur.year => Some("same year"),
+        RuleType::CalverMinor | RuleType::CalverPatch if cand.year != cur.year => {
+            Some("different year")
+        }
+        RuleType::CalverMinor if cand.minor == cur.minor => Some("same minor"),
+        RuleType::CalverPatch if cand.minor != cur.minor => Some("different minor"),
+        _ => None,
+    };
+    if let Some(reason) = outside {
+        return Err(reason.into());
     }
     Ok(cand)
 }
@@ -800,10 +856,16 @@ mod tests {
 
     #[test]
     fn regression_v1_10_beats_v1_9() {
+        let list = ["v1.9.5", "v1.10.0", "v1.9.4", "v1.2.0", "v2.9.5", "v2.10.0"];
+        assert_eq!(
+            pick(RuleType::SemverMinor, "v1.2.0", &list).as_deref(),
+            Some("v1.10.0")
+        );
+        assert_eq!(
+            pick(RuleType::SemverMajor, "v1.2.0", &list).as_deref(),
+            Some("v2.10.0")
+        );
         let list = ["v1.9.5", "v1.10.0", "v1.9.4", "v1.2.0"];
-        for rule in [RuleType::SemverMajor, RuleType::SemverMinor] {
-            assert_eq!(pick(rule, "v1.2.0", &list).as_deref(), Some("v1.10.0"));
-        }
         assert_eq!(
             run(RuleType::Regex, Some(r"^v1\."), "v1.2.0", &list)
                 .chosen
@@ -826,11 +888,13 @@ mod tests {
             pick(RuleType::SemverMinor, "1.25.3", NGINX).as_deref(),
             Some("1.27.0")
         );
-        assert_eq!(
-            pick(RuleType::SemverMajor, "1.25.3", NGINX).as_deref(),
-            Some("1.27.0")
-        );
+        // No 2.x: the major bucket is empty, the minor bucket's tags are not in it.
+        assert_eq!(pick(RuleType::SemverMajor, "1.25.3", NGINX), None);
+        let d = run(RuleType::SemverMajor, None, "1.25.3", NGINX);
+        assert_eq!(outcome(&d, "1.27.0"), rejected("same major"));
+        assert!(d.explanation.contains("(>= 2.0.0,"), "{}", d.explanation);
         let d = run(RuleType::SemverMinor, None, "1.25.3", NGINX);
+        assert_eq!(outcome(&d, "1.25.4"), rejected("same minor"));
         assert_eq!(
             outcome(&d, "1.27.0-alpine"),
             rejected("variant alpine != current variant (none)")
@@ -882,7 +946,7 @@ mod tests {
         );
         // A one-part current has no same-precision newer tag: the smallest spelling wins.
         assert_eq!(
-            pick(RuleType::SemverMajor, "1", NGINX).as_deref(),
+            pick(RuleType::SemverMinor, "1", NGINX).as_deref(),
             Some("1.27")
         );
     }
@@ -945,9 +1009,10 @@ mod tests {
             Some("16.2-bookworm")
         );
         assert_eq!(
-            pick(RuleType::SemverMajor, "16-alpine", POSTGRES).as_deref(),
+            pick(RuleType::SemverMinor, "16-alpine", POSTGRES).as_deref(),
             Some("16.1-alpine")
         );
+        assert_eq!(pick(RuleType::SemverMajor, "16-alpine", POSTGRES), None);
         assert_eq!(pick(RuleType::SemverMajor, "16.1-alpine", POSTGRES), None);
         let d = run(RuleType::SemverMajor, None, "16.1", POSTGRES);
         assert_eq!(
@@ -964,15 +1029,28 @@ mod tests {
 
     #[test]
     fn postgres_from_a_prerelease() {
+        // 17beta1 is 17.0.0-beta1: its release and later pre-releases are in the patch bucket.
         assert_eq!(
-            pick(RuleType::SemverMajor, "17beta1", POSTGRES).as_deref(),
+            pick(RuleType::SemverPatch, "17beta1", POSTGRES).as_deref(),
             Some("17")
         );
+        assert_eq!(pick(RuleType::SemverMajor, "17beta1", POSTGRES), None);
         let only_pre = ["17beta1", "17beta2", "17rc1", "16.2"];
         assert_eq!(
-            pick(RuleType::SemverMajor, "17beta1", &only_pre).as_deref(),
+            pick(RuleType::SemverPatch, "17beta1", &only_pre).as_deref(),
             Some("17rc1")
         );
+        // From a pre-release, a pre-release of the next major is in the major bucket.
+        let next = ["1.0.0-rc1", "2.0.0-rc1", "1.1.0-rc1"];
+        assert_eq!(
+            pick(RuleType::SemverMajor, "1.0.0-rc1", &next).as_deref(),
+            Some("2.0.0-rc1")
+        );
+        assert_eq!(
+            pick(RuleType::SemverMinor, "1.0.0-rc1", &next).as_deref(),
+            Some("1.1.0-rc1")
+        );
+        assert_eq!(pick(RuleType::SemverPatch, "1.0.0-rc1", &next), None);
     }
 
     #[test]
@@ -1061,9 +1139,10 @@ mod tests {
             Some("7.2.4-alpine")
         );
         assert_eq!(
-            pick(RuleType::SemverMinor, "7.4-rc1", REDIS).as_deref(),
+            pick(RuleType::SemverPatch, "7.4-rc1", REDIS).as_deref(),
             Some("7.4.0")
         );
+        assert_eq!(pick(RuleType::SemverMinor, "7.4-rc1", REDIS), None);
         assert_eq!(
             pick(RuleType::SemverPatch, "1.22.0-alpine3.19", GOLANG).as_deref(),
             Some("1.22.1-alpine3.19")
@@ -1080,9 +1159,9 @@ mod tests {
 
     #[test]
     fn semver_constraint_value() {
-        let d = run(RuleType::SemverMajor, Some(">=1.2, <2"), "1.25.3", NGINX);
+        let d = run(RuleType::SemverMinor, Some(">=1.2, <2"), "1.25.3", NGINX);
         assert_eq!(d.chosen.as_deref(), Some("1.27.0"));
-        let d = run(RuleType::SemverMajor, Some("<1.27"), "1.25.3", NGINX);
+        let d = run(RuleType::SemverMinor, Some("<1.27"), "1.25.3", NGINX);
         assert_eq!(d.chosen.as_deref(), Some("1.26.1"));
         assert_eq!(
             outcome(&d, "1.27.0"),
@@ -1093,7 +1172,7 @@ mod tests {
             "{}",
             d.explanation
         );
-        let d = run(RuleType::SemverMajor, Some("  "), "1.25.3", NGINX);
+        let d = run(RuleType::SemverMinor, Some("  "), "1.25.3", NGINX);
         assert_eq!(d.chosen.as_deref(), Some("1.27.0"));
         let err = evaluate(RuleType::SemverMinor, Some(">=x"), "1.25.3", &owned(NGINX));
         assert!(
@@ -1313,68 +1392,151 @@ mod tests {
             outcome(&d, "2025.02.01-rc1"),
             rejected("pre-release (calver-major takes releases only)")
         );
-        assert_eq!(
-            outcome(&d, "2025"),
-            rejected("format YYYY != current format YYYY.MM.DD")
-        );
+        // Missing parts are 0: 2025 is 2025.0.0, in the bucket but below 2025.01.15.
+        assert_eq!(outcome(&d, "2025"), Outcome::Eligible);
+        assert_eq!(outcome(&d, "2024.12.01"), rejected("same year"));
         assert_eq!(
             outcome(&d, "2024.12.01-alpine"),
             rejected("variant alpine != current variant (none)")
         );
         let d = run(RuleType::CalverPatch, None, "2024.11.05", CALVER);
-        assert_eq!(outcome(&d, "2024.12.01"), rejected("different month"));
+        assert_eq!(outcome(&d, "2024.12.01"), rejected("different minor"));
         assert_eq!(outcome(&d, "2025.01.15"), rejected("different year"));
     }
 
     #[test]
-    fn calver_month_precision_and_prefix_spellings() {
+    fn calver_precision_and_prefix_spellings() {
         assert_eq!(
             pick(RuleType::CalverMajor, "2023.1", CALVER).as_deref(),
-            Some("2024.03")
-        );
-        assert_eq!(
-            pick(RuleType::CalverMajor, "v2023.1", CALVER).as_deref(),
-            Some("v2024.3")
+            Some("2025.01.15")
         );
         assert_eq!(
             pick(RuleType::CalverMinor, "2023.1", CALVER).as_deref(),
             Some("2023.12")
         );
-        assert_eq!(pick(RuleType::CalverMajor, "2024.3", CALVER), None);
         assert_eq!(
-            pick(RuleType::CalverMajor, "2024", CALVER).as_deref(),
+            pick(RuleType::CalverMinor, "v2024.1", CALVER).as_deref(),
+            Some("2024.12.01")
+        );
+        // Among spellings of one version, the current tag's number of parts, then its prefix.
+        let same = ["2024.3", "v2024.3", "2024.03", "2024.3.0"];
+        assert_eq!(
+            pick(RuleType::CalverMinor, "v2024.1", &same).as_deref(),
+            Some("v2024.3")
+        );
+        assert_eq!(
+            pick(RuleType::CalverMinor, "2024.1.1", &same).as_deref(),
+            Some("2024.3.0")
+        );
+        let years = ["2025.0.0", "2025", "2025.0"];
+        assert_eq!(
+            pick(RuleType::CalverMajor, "2024", &years).as_deref(),
             Some("2025")
+        );
+        assert_eq!(
+            pick(RuleType::CalverMajor, "2024.0", &years).as_deref(),
+            Some("2025.0")
         );
     }
 
     #[test]
-    fn calver_prerelease_stays_on_its_date() {
+    fn calver_two_and_four_digit_years_do_not_mix() {
+        let list = ["23.10", "2023.10", "2025.01", "25.04"];
+        assert_eq!(
+            pick(RuleType::CalverMajor, "24.04", &list).as_deref(),
+            Some("25.04")
+        );
+        let d = run(RuleType::CalverMajor, None, "24.04", &list);
+        assert_eq!(
+            outcome(&d, "2023.10"),
+            rejected("YYYY year while current has YY")
+        );
+        assert!(d.explanation.contains("YY years"), "{}", d.explanation);
+        assert_eq!(
+            pick(RuleType::CalverMajor, "2024.04", &list).as_deref(),
+            Some("2025.01")
+        );
+    }
+
+    #[test]
+    fn calver_upstream_doc_versions() {
+        // kimup (Go)'s docs: 2024.0.0 and its buckets.
+        let list = [
+            "2023.5.0", "2024.0.0", "2024.0.1", "2024.0.9", "2024.1.0", "2024.7.2", "2025.0.0",
+            "2026.3.1",
+        ];
+        let pick = |rule| pick(rule, "2024.0.0", &list);
+        assert_eq!(pick(RuleType::CalverMajor).as_deref(), Some("2026.3.1"));
+        assert_eq!(pick(RuleType::CalverMinor).as_deref(), Some("2024.7.2"));
+        assert_eq!(pick(RuleType::CalverPatch).as_deref(), Some("2024.0.9"));
+        let d = run(RuleType::CalverMinor, None, "2024.0.0", &list);
+        assert!(
+            d.explanation
+                .contains("(>= 2024.1.0, < 2025.0.0, YYYY years"),
+            "{}",
+            d.explanation
+        );
+        let d = run(RuleType::CalverPatch, None, "2024.0.0", &list);
+        assert!(
+            d.explanation.contains("(>= 2024.0.1, < 2024.1.0,"),
+            "{}",
+            d.explanation
+        );
+        let d = run(RuleType::CalverMajor, None, "v2024.0.4", &list);
+        assert_eq!(d.chosen.as_deref(), Some("2026.3.1"));
+    }
+
+    #[test]
+    fn calver_prerelease_takes_prereleases_above_the_current_one() {
         assert_eq!(
             pick(RuleType::CalverPrerelease, "2024.11.05-rc1", CALVER).as_deref(),
-            Some("2024.11.05")
+            Some("2025.02.01-rc1")
         );
-        let no_final: Vec<&str> = CALVER
-            .iter()
-            .copied()
-            .filter(|t| *t != "2024.11.05")
-            .collect();
-        assert_eq!(
-            pick(RuleType::CalverPrerelease, "2024.11.05-rc1", &no_final).as_deref(),
-            Some("2024.11.05-rc2")
-        );
-        assert_eq!(pick(RuleType::CalverPrerelease, "2024.11.05", CALVER), None);
         let d = run(RuleType::CalverPrerelease, None, "2024.11.05-rc1", CALVER);
-        assert_eq!(outcome(&d, "2024.11.06-rc1"), rejected("different date"));
-        // The release-only rules skip pre-releases even from a pre-release current.
+        assert_eq!(outcome(&d, "2024.11.05-rc2"), Outcome::Eligible);
+        assert_eq!(outcome(&d, "2024.11.06-rc1"), Outcome::Eligible);
+        assert_eq!(
+            outcome(&d, "2024.11.05"),
+            rejected("release (calver-prerelease takes pre-releases only)")
+        );
+        assert!(
+            d.explanation.contains("(> 2024.11.5-rc1, YYYY years"),
+            "{}",
+            d.explanation
+        );
+        let dev = [
+            "2024.0.0-dev.0",
+            "2024.0.0-dev.1",
+            "2024.0.0-dev.2",
+            "2024.0.0",
+            "2023.9.9-dev.9",
+        ];
+        assert_eq!(
+            pick(RuleType::CalverPrerelease, "2024.0.0-dev.0", &dev).as_deref(),
+            Some("2024.0.0-dev.2")
+        );
+        // From a release there is no pre-release to follow (kimup (Go) matches nothing either).
+        let d = run(RuleType::CalverPrerelease, None, "2024.11.05", CALVER);
+        assert_eq!(d.chosen, None);
+        assert_eq!(
+            outcome(&d, "2025.02.01-rc1"),
+            rejected("current is a release (calver-prerelease starts from a pre-release)")
+        );
+        // The release-only rules skip pre-releases even from a pre-release current, and from
+        // one the patch bucket holds its release.
         assert_eq!(
             pick(RuleType::CalverPatch, "2024.11.05-rc1", CALVER).as_deref(),
             Some("2024.11.20")
+        );
+        assert_eq!(
+            pick(RuleType::CalverPatch, "2024.0.0-dev.0", &dev).as_deref(),
+            Some("2024.0.0")
         );
     }
 
     #[test]
     fn calver_unparsable_current() {
-        for current in ["latest", "1.2.3", "2024.13.01", "noble"] {
+        for current in ["latest", "1.2.3", "2024.111", "noble", "v2024.1.1.1"] {
             assert_eq!(
                 evaluate(RuleType::CalverMinor, None, current, &owned(CALVER)),
                 Err(RuleError::UnparsableCurrentTag {
@@ -1405,6 +1567,132 @@ mod tests {
             "{}",
             d.explanation
         );
+    }
+
+    #[test]
+    fn semver_rules_are_buckets() {
+        let list = [
+            "1.2.3",
+            "1.2.4",
+            "1.2.10",
+            "1.3.0",
+            "1.9.0",
+            "1.10.0",
+            "2.0.0",
+            "2.4.1",
+            "2.10.3",
+            "3.0.0-rc1",
+        ];
+        assert_eq!(
+            pick(RuleType::SemverPatch, "1.2.3", &list).as_deref(),
+            Some("1.2.10")
+        );
+        assert_eq!(
+            pick(RuleType::SemverMinor, "1.2.3", &list).as_deref(),
+            Some("1.10.0")
+        );
+        assert_eq!(
+            pick(RuleType::SemverMajor, "1.2.3", &list).as_deref(),
+            Some("2.10.3")
+        );
+        // From 2.4.1 there is no 3.x release: 2.10.3 is semver-minor's, not semver-major's.
+        assert_eq!(pick(RuleType::SemverMajor, "2.4.1", &list), None);
+        assert_eq!(
+            pick(RuleType::SemverMinor, "2.4.1", &list).as_deref(),
+            Some("2.10.3")
+        );
+        let d = run(RuleType::SemverMinor, None, "1.2.3", &list);
+        assert_eq!(outcome(&d, "1.2.4"), rejected("same minor"));
+        assert_eq!(outcome(&d, "2.0.0"), rejected("different major"));
+        assert!(
+            d.explanation
+                .contains("(>= 1.3.0, < 2.0.0, no variant, releases only)"),
+            "{}",
+            d.explanation
+        );
+        let d = run(RuleType::SemverMajor, None, "1.2.3", &list);
+        assert_eq!(outcome(&d, "1.9.0"), rejected("same major"));
+        assert!(d.explanation.contains("(>= 2.0.0, "), "{}", d.explanation);
+        let d = run(RuleType::SemverPatch, None, "1.2.3", &list);
+        assert_eq!(outcome(&d, "1.3.0"), rejected("different minor"));
+        assert!(
+            d.explanation.contains("(>= 1.2.4, < 1.3.0, "),
+            "{}",
+            d.explanation
+        );
+        let d = run(RuleType::SemverPatch, None, "1.2.3-rc1", &list);
+        assert!(
+            d.explanation.contains("(> 1.2.3-rc1, < 1.3.0, "),
+            "{}",
+            d.explanation
+        );
+        let d = run(RuleType::SemverMajor, None, "18446744073709551615", &list);
+        assert!(
+            d.explanation.contains(">= 18446744073709551616.0.0"),
+            "{}",
+            d.explanation
+        );
+    }
+
+    /// Every newer tag a rule family may take (same variant, release from a release) is in
+    /// exactly one of its three buckets, and no tag outside them is taken.
+    #[test]
+    fn buckets_partition_the_newer_tags() {
+        let families = [
+            (
+                [
+                    RuleType::SemverMajor,
+                    RuleType::SemverMinor,
+                    RuleType::SemverPatch,
+                ],
+                &[NGINX, POSTGRES, TRAEFIK, REDIS, GOLANG][..],
+            ),
+            (
+                [
+                    RuleType::CalverMajor,
+                    RuleType::CalverMinor,
+                    RuleType::CalverPatch,
+                ],
+                &[UBUNTU, CALVER][..],
+            ),
+        ];
+        for (rules, lists) in families {
+            for list in lists {
+                for &current in *list {
+                    let decisions: Vec<Decision> = rules
+                        .iter()
+                        .filter_map(|&r| evaluate(r, None, current, &owned(list)).ok())
+                        .collect();
+                    if decisions.len() != rules.len() {
+                        continue;
+                    }
+                    for &tag in *list {
+                        let taken = decisions
+                            .iter()
+                            .filter(|d| {
+                                matches!(outcome(d, tag), Outcome::Chosen | Outcome::Eligible)
+                            })
+                            .count();
+                        let reasons: Vec<Outcome> =
+                            decisions.iter().map(|d| outcome(d, tag)).collect();
+                        let in_no_bucket_because = |r: &Outcome| {
+                            matches!(r, Outcome::Rejected(why) if why == "current tag"
+                                || why == "unparsable"
+                                || why == "not newer than current"
+                                || why.starts_with("variant ")
+                                || why.starts_with("pre-release")
+                                || why.contains(" year while current has "))
+                        };
+                        let excluded = reasons.iter().all(in_no_bucket_because);
+                        assert_eq!(
+                            taken,
+                            usize::from(!excluded),
+                            "{tag} from {current}: {reasons:?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     mod props {

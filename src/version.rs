@@ -113,7 +113,11 @@ impl PartialEq for SemverTag {
 
 impl Eq for SemverTag {}
 
-/// A calver-ish tag: `[v]YYYY|YY[.MM[.DD]][-PRE][-VARIANT][+BUILD]`.
+/// A calver-ish tag: `[v]YYYY|YY[.MINOR[.PATCH]][-PRE][-VARIANT][+BUILD]`.
+///
+/// The parts are numbers, as in kimup (Go)'s pattern
+/// `^([0-9]{4}|[0-9]{2})(\.[0-9]{1,2})?(\.[0-9]{1,2})?(-…)?$`, not validated dates: its docs
+/// version `2024.0.0`, so a zero or a 42 is as good as a month or a day.
 #[derive(Clone, Debug)]
 pub struct CalverTag {
     /// The tag exactly as the registry lists it.
@@ -124,18 +128,20 @@ pub struct CalverTag {
     pub year: u32,
     /// Number of digits the year was written with (2 or 4).
     pub year_digits: u8,
-    /// Month 1-12, when given.
-    pub month: Option<u32>,
-    /// Day 1-31, when given (only with a month).
-    pub day: Option<u32>,
-    /// Pre-release label such as `rc1`.
+    /// Second part, 0 when absent.
+    pub minor: u32,
+    /// Third part, 0 when absent.
+    pub patch: u32,
+    /// How many parts the tag spelled out (1 to 3).
+    pub precision: u8,
+    /// Pre-release label such as `dev.1` or `rc1`.
     pub pre: Option<String>,
     /// Variant such as `alpine`.
     pub variant: Option<String>,
 }
 
 impl CalverTag {
-    /// Parses a calver-ish tag such as `2024.11.05`, `24.04`, `v2024.1` or `2024.11.05-rc1`.
+    /// Parses a calver-ish tag such as `2024.11.05`, `24.04`, `v2024.0.4` or `2024.0.0-dev.1`.
     pub fn parse(tag: &str) -> Option<Self> {
         let (body, _build) = split_build(tag)?;
         let (v_prefix, body) = strip_v(body);
@@ -151,15 +157,13 @@ impl CalverTag {
         if year_text.len() != 2 && year_text.len() != 4 {
             return None;
         }
-        let year: u32 = year_text.parse().ok()?;
-        let month = match parts.get(1) {
-            Some(text) => Some(parse_bounded(text, 12)?),
-            None => None,
-        };
-        let day = match parts.get(2) {
-            Some(text) => Some(parse_bounded(text, 31)?),
-            None => None,
-        };
+        if parts[1..].iter().any(|p| p.len() > 2) {
+            return None;
+        }
+        let mut numbers = [0u32; 3];
+        for (slot, part) in numbers.iter_mut().zip(&parts) {
+            *slot = part.parse().ok()?;
+        }
         let (pre, variant) = match suffix {
             Some(suffix) => split_suffix(suffix)?,
             None => (None, None),
@@ -167,18 +171,14 @@ impl CalverTag {
         Some(Self {
             raw: tag.to_string(),
             v_prefix,
-            year,
+            year: numbers[0],
             year_digits: u8::try_from(year_text.len()).ok()?,
-            month,
-            day,
+            minor: numbers[1],
+            patch: numbers[2],
+            precision: u8::try_from(parts.len()).ok()?,
             pre,
             variant,
         })
-    }
-
-    /// How many parts the tag spelled out: 1 (year), 2 (year.month) or 3 (year.month.day).
-    pub fn precision(&self) -> u8 {
-        1 + u8::from(self.month.is_some()) + u8::from(self.day.is_some())
     }
 
     /// Whether the tag is a pre-release.
@@ -186,30 +186,16 @@ impl CalverTag {
         self.pre.is_some()
     }
 
-    /// Whether both tags are written the same way (same year width and number of parts).
-    pub fn same_format(&self, other: &Self) -> bool {
-        self.year_digits == other.year_digits && self.precision() == other.precision()
+    /// `YY` or `YYYY`: how the year is written.
+    pub fn year_format(&self) -> &'static str {
+        if self.year_digits == 2 { "YY" } else { "YYYY" }
     }
 
-    /// Whether both tags name the same date, ignoring pre-release and variant.
-    pub fn same_date(&self, other: &Self) -> bool {
-        (self.year, self.month, self.day) == (other.year, other.month, other.day)
-    }
-
-    /// Describes the format, e.g. `YYYY.MM.DD` or `YY.MM`.
-    pub fn format_name(&self) -> String {
-        let year = if self.year_digits == 2 { "YY" } else { "YYYY" };
-        match self.precision() {
-            1 => year.to_string(),
-            2 => format!("{year}.MM"),
-            _ => format!("{year}.MM.DD"),
-        }
-    }
-
-    /// Compares dates, then release above pre-release, then pre-release labels.
+    /// Compares the numbers (missing parts are 0), then release above pre-release, then
+    /// pre-release labels.
     pub fn version_cmp(&self, other: &Self) -> Ordering {
-        (self.year, self.month, self.day)
-            .cmp(&(other.year, other.month, other.day))
+        (self.year, self.minor, self.patch)
+            .cmp(&(other.year, other.minor, other.patch))
             .then_with(|| cmp_optional_pre(self.pre.as_deref(), other.pre.as_deref()))
     }
 }
@@ -397,14 +383,6 @@ fn split_suffix(suffix: &str) -> Option<(Option<String>, Option<String>)> {
     Some((Some(pre), variant))
 }
 
-fn parse_bounded(text: &str, max: u32) -> Option<u32> {
-    if text.len() > 2 {
-        return None;
-    }
-    let value: u32 = text.parse().ok()?;
-    (1..=max).contains(&value).then_some(value)
-}
-
 /// Iterator over maximal runs of ASCII digits and of everything else.
 struct Runs<'a>(&'a str);
 
@@ -581,43 +559,64 @@ mod tests {
     #[test]
     fn calver_parses() {
         let t = cv("2024.11.05");
-        assert_eq!(
-            (t.year, t.month, t.day, t.precision()),
-            (2024, Some(11), Some(5), 3)
-        );
+        assert_eq!((t.year, t.minor, t.patch, t.precision), (2024, 11, 5, 3));
         let t = cv("24.04");
         assert_eq!(
-            (t.year, t.year_digits, t.month, t.day),
-            (24, 2, Some(4), None)
+            (t.year, t.year_digits, t.minor, t.patch, t.precision),
+            (24, 2, 4, 0, 2)
         );
+        assert_eq!(t.year_format(), "YY");
         let t = cv("v2024.1");
         assert!(t.v_prefix);
-        assert_eq!((t.year, t.month, t.precision()), (2024, Some(1), 2));
+        assert_eq!((t.year, t.minor, t.precision), (2024, 1, 2));
         let t = cv("2024.11.05-rc1");
         assert_eq!(t.pre.as_deref(), Some("rc1"));
         let t = cv("2024");
-        assert_eq!(t.precision(), 1);
-        assert_eq!(t.format_name(), "YYYY");
+        assert_eq!((t.precision, t.minor, t.patch), (1, 0, 0));
+        assert_eq!(t.year_format(), "YYYY");
         let t = cv("2024.11.05-alpine");
         assert_eq!((t.pre, t.variant.as_deref()), (None, Some("alpine")));
     }
 
     #[test]
-    fn calver_rejects_invalid_dates_and_shapes() {
+    fn calver_parts_are_numbers_not_dates() {
+        // kimup (Go)'s docs version 2024.0.0 and 2024.0.0-dev.1.
+        let t = cv("2024.0.0");
+        assert_eq!((t.year, t.minor, t.patch, t.precision), (2024, 0, 0, 3));
+        let t = cv("2024.0.0-dev.1");
+        assert_eq!(t.pre.as_deref(), Some("dev.1"));
+        let t = cv("v2024.0.4");
+        assert!(t.v_prefix);
+        assert_eq!((t.minor, t.patch), (0, 4));
         for tag in [
-            "",
-            "latest",
             "2024.13",
             "2024.0",
             "2024.11.32",
             "2024.11.0",
+            "2024.99.99",
+            "24.1.1",
+        ] {
+            assert!(CalverTag::parse(tag).is_some(), "{tag:?} should parse");
+        }
+    }
+
+    #[test]
+    fn calver_rejects_other_shapes() {
+        for tag in [
+            "",
+            "latest",
+            "v",
+            "2024.",
+            ".1",
             "202.1",
             "20245.1",
             "1.2.3",
             "2024.11.05.1",
             "2024.111",
+            "24.1.100",
             "noble-20240530",
             "2024.1.1-",
+            "2024.x",
         ] {
             assert!(CalverTag::parse(tag).is_none(), "{tag:?} should not parse");
         }
@@ -637,11 +636,16 @@ mod tests {
             cv("2024.11.05-rc2").version_cmp(&cv("2024.11.05-rc1")),
             Ordering::Greater
         );
+        assert_eq!(
+            cv("2024.0.0-dev.2").version_cmp(&cv("2024.0.0-dev.1")),
+            Ordering::Greater
+        );
         assert_eq!(cv("2025.1").version_cmp(&cv("2024.12")), Ordering::Greater);
+        assert_eq!(cv("2024.10").version_cmp(&cv("2024.9")), Ordering::Greater);
         assert_eq!(cv("2024.01").version_cmp(&cv("2024.1")), Ordering::Equal);
-        assert!(cv("24.04").same_format(&cv("22.10")));
-        assert!(!cv("24.04").same_format(&cv("2024.04")));
-        assert!(!cv("2024.04").same_format(&cv("2024.04.01")));
+        // Missing parts are 0, as in kimup (Go).
+        assert_eq!(cv("2025").version_cmp(&cv("2025.0.0")), Ordering::Equal);
+        assert_eq!(cv("2025.1").version_cmp(&cv("2025")), Ordering::Greater);
     }
 
     #[test]

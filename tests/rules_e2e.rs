@@ -1,11 +1,16 @@
 //! Every rule type end to end: tags pushed to a real registry, an Image created in a real API
 //! server, kimup running as a process; status.tag and the Deployment's images must follow.
+//! And every rule case of kimup (Go) through `kimup evaluate` (tests/fixtures/upstream-rules.yaml).
 
 mod common;
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use serde::Deserialize;
 
 const SEMVER_TAGS: &[&str] = &[
     "1.2.3",
@@ -196,6 +201,25 @@ async fn calver_patch() {
 }
 
 #[tokio::test]
+async fn calver_prerelease() {
+    // kimup (Go)'s docs' example: the highest later dev build, never the release.
+    rule_case(
+        "calver-prerelease",
+        "calver-prerelease",
+        None,
+        "2024.0.0-dev.0",
+        &[
+            "2024.0.0-dev.0",
+            "2024.0.0-dev.1",
+            "2024.0.0-dev.2",
+            "2024.0.0",
+        ],
+        "2024.0.0-dev.2",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn regex() {
     rule_case(
         "regex",
@@ -324,4 +348,223 @@ async fn apply_updates_every_workload_kind() {
         ),
         new
     );
+}
+
+/// tests/fixtures/upstream-rules.yaml: kimup (Go)'s rule cases with its answers and ours.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamRules {
+    differences: BTreeMap<String, Difference>,
+    cases: Vec<UpstreamCase>,
+    manifests: Vec<UpstreamManifest>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Difference {
+    /// Text that README.md's differences table must contain.
+    readme: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamCase {
+    source: String,
+    rule: String,
+    value: Option<String>,
+    current: String,
+    tags: Vec<String>,
+    #[serde(flatten)]
+    answers: Answers,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamManifest {
+    source: String,
+    file: String,
+    tags: Vec<String>,
+    rules: Vec<Answers>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Answers {
+    upstream: String,
+    kimup: String,
+    difference: Option<String>,
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn upstream_rules() -> UpstreamRules {
+    let text = std::fs::read_to_string(fixtures().join("upstream-rules.yaml")).expect("fixture");
+    serde_yaml::from_str(&text).expect("upstream-rules.yaml parses")
+}
+
+fn write_tags(tags: &[String]) -> tempfile::NamedTempFile {
+    let f = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(f.path(), tags.join("\n")).expect("write tags");
+    f
+}
+
+/// `kimup evaluate` on one case, answered as the fixture writes answers.
+fn evaluate_case(case: &UpstreamCase) -> String {
+    let tags = write_tags(&case.tags);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kimup"));
+    // `--flag=value`: the current tag may be empty and a value may start with `-`.
+    cmd.arg("evaluate")
+        .arg(format!("--rule={}", case.rule))
+        .arg(format!("--current={}", case.current))
+        .arg("--tags-file")
+        .arg(tags.path());
+    if let Some(value) = &case.value {
+        cmd.arg(format!("--value={value}"));
+    }
+    let out = cmd.output().expect("run kimup evaluate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    match out.status.code() {
+        Some(0) if stdout.trim().is_empty() => "<none>".to_string(),
+        Some(0) => stdout.trim().to_string(),
+        Some(2) if stdout.is_empty() => "<error>".to_string(),
+        _ => panic!(
+            "{}: unexpected exit {:?}: {stdout} {}",
+            case.source,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// `kimup evaluate -f` on one manifest: each rule's answer, in order.
+fn evaluate_manifest(manifest: &UpstreamManifest) -> Vec<String> {
+    let tags = write_tags(&manifest.tags);
+    let out = Command::new(env!("CARGO_BIN_EXE_kimup"))
+        .arg("evaluate")
+        .arg("-f")
+        .arg(fixtures().join(&manifest.file))
+        .arg("--tags-file")
+        .arg(tags.path())
+        .args(["--output", "json"])
+        .output()
+        .expect("run kimup evaluate -f");
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        manifest.source,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reports: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).expect("json reports");
+    reports
+        .iter()
+        .map(|r| {
+            if !r["error"].is_null() {
+                "<error>".to_string()
+            } else {
+                r["chosen"].as_str().unwrap_or("<none>").to_string()
+            }
+        })
+        .collect()
+}
+
+/// The problems with one answer: ours not what the fixture says, or a disagreement with kimup
+/// (Go) that is not a listed difference, or a listed difference where the two agree.
+fn check_answer(
+    what: &str,
+    got: &str,
+    answers: &Answers,
+    differences: &BTreeMap<String, Difference>,
+    used: &mut Vec<String>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if got != answers.kimup {
+        problems.push(format!(
+            "{what}: kimup evaluate says {got}, the fixture says {}",
+            answers.kimup
+        ));
+    }
+    match (&answers.difference, answers.upstream == answers.kimup) {
+        (None, false) => problems.push(format!(
+            "{what}: kimup (Go) says {}, we say {}, and no difference is named",
+            answers.upstream, answers.kimup
+        )),
+        (Some(d), true) => problems.push(format!(
+            "{what}: names difference {d} but agrees with kimup (Go)"
+        )),
+        (Some(d), false) if !differences.contains_key(d) => {
+            problems.push(format!("{what}: unknown difference {d}"))
+        }
+        (Some(d), false) => used.push(d.clone()),
+        (None, true) => {}
+    }
+    problems
+}
+
+/// kimup (Go)'s own rule tests and rule docs, through the CLI: every answer is kimup (Go)'s
+/// unless it is a difference the README lists.
+#[test]
+fn upstream_rule_cases_through_the_cli() {
+    let fixture = upstream_rules();
+    let mut problems = Vec::new();
+    let mut used = Vec::new();
+    for case in &fixture.cases {
+        let what = format!("{} ({} from {:?})", case.source, case.rule, case.current);
+        let got = evaluate_case(case);
+        problems.extend(check_answer(
+            &what,
+            &got,
+            &case.answers,
+            &fixture.differences,
+            &mut used,
+        ));
+    }
+    for manifest in &fixture.manifests {
+        let got = evaluate_manifest(manifest);
+        if got.len() != manifest.rules.len() {
+            problems.push(format!(
+                "{}: {} rules evaluated, {} answers in the fixture",
+                manifest.source,
+                got.len(),
+                manifest.rules.len()
+            ));
+            continue;
+        }
+        for (i, (got, answers)) in got.iter().zip(&manifest.rules).enumerate() {
+            let what = format!("{} rule {}", manifest.source, i + 1);
+            problems.extend(check_answer(
+                &what,
+                got,
+                answers,
+                &fixture.differences,
+                &mut used,
+            ));
+        }
+    }
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let start = readme
+        .find("## Differences from kimup (Go)")
+        .expect("README has a differences section");
+    let section = &readme[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+    for (name, difference) in &fixture.differences {
+        if !used.contains(name) {
+            problems.push(format!("difference {name} is used by no case"));
+        }
+        if !section.contains(&difference.readme) {
+            problems.push(format!(
+                "difference {name}: README's differences section lacks {:?}",
+                difference.readme
+            ));
+        }
+    }
+    assert!(
+        fixture.cases.len() >= 60,
+        "only {} cases",
+        fixture.cases.len()
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
