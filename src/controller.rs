@@ -18,6 +18,7 @@ use tracing::{Instrument, debug, info, info_span, instrument, warn};
 
 use crate::actions::apply::FIELD_MANAGER;
 use crate::api::{ANNOTATION_ACTION, ANNOTATION_TAG, Image, TriggerType};
+use crate::leader::Leadership;
 use crate::sync::{self, Shared, SyncReport, TriggerReason};
 
 /// Errors that make the controller retry an Image later.
@@ -32,6 +33,13 @@ pub enum ReconcileError {
         #[source]
         source: kube::Error,
     },
+    /// Leadership lapsed before a write: nothing more is written.
+    #[error("not writing {what} of {namespace}/{name}: this replica no longer leads")]
+    NotLeader {
+        what: &'static str,
+        namespace: String,
+        name: String,
+    },
 }
 
 impl ReconcileError {
@@ -39,6 +47,7 @@ impl ReconcileError {
     pub fn metric_label(&self) -> &'static str {
         match self {
             ReconcileError::Write { .. } => "write",
+            ReconcileError::NotLeader { .. } => "not_leader",
         }
     }
 }
@@ -71,8 +80,8 @@ pub struct ClusterContext {
     pub client: Client,
     /// Process-wide services.
     pub shared: Arc<Shared>,
-    /// True while this replica leads.
-    pub leader: watch::Receiver<bool>,
+    /// Whether this replica may act (`is_held()` before each sync and write).
+    pub leader: Leadership,
     recorder: Recorder,
     memory: Mutex<Memory>,
 }
@@ -83,7 +92,7 @@ impl ClusterContext {
         cluster: &str,
         client: Client,
         shared: Arc<Shared>,
-        leader: watch::Receiver<bool>,
+        leader: Leadership,
         instance: Option<String>,
     ) -> Self {
         let reporter = Reporter {
@@ -198,7 +207,7 @@ pub async fn run(
     };
     // Leadership gained => forget and re-sync everything; a standby's view may be stale.
     let ctx_for_leader = ctx.clone();
-    let relist = leadership_gained(ctx.leader.clone(), move || ctx_for_leader.forget_all());
+    let relist = leadership_gained(ctx.leader.changes(), move || ctx_for_leader.forget_all());
     let controller = Controller::new(images, watcher::Config::default().any_semantic());
     let pushed = pushed_images(ctx.clone(), controller.store());
     // Deleted Images never reach `reconcile`: drop what the memory holds for them now and then.
@@ -303,7 +312,7 @@ fn leadership_gained(
 async fn reconcile(image: Arc<Image>, ctx: Arc<ClusterContext>) -> Result<Action, ReconcileError> {
     let namespace = image.namespace().unwrap_or_default();
     let name = image.name_any();
-    if !*ctx.leader.borrow() {
+    if !ctx.leader.is_held() {
         // Standby: keep the cache warm, act on nothing. Leadership change re-queues everything.
         return Ok(Action::await_change());
     }
@@ -322,7 +331,7 @@ async fn reconcile(image: Arc<Image>, ctx: Arc<ClusterContext>) -> Result<Action
     );
     let report = sync::sync_image(&ctx.shared, &ctx.client, &ctx.cluster, &image, reason).await;
     // Leadership may have been lost while the sync ran: a deposed leader writes nothing.
-    if !*ctx.leader.borrow() {
+    if !ctx.leader.is_held() {
         warn!("leadership lost during sync; dropping its status write");
         return Ok(Action::await_change());
     }
@@ -355,6 +364,12 @@ async fn write(
     reason: TriggerReason,
 ) -> Result<(), ReconcileError> {
     let api: Api<Image> = Api::namespaced(ctx.client.clone(), namespace);
+    // Each write re-checks leadership: the lease may lapse (or the process be paused) between two.
+    let lapsed = |what: &'static str| ReconcileError::NotLeader {
+        what,
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    };
     // kimup (Go) mirrors the tag in an annotation; the annotation trigger is removed once handled.
     // Metadata first: the watch event of the status write must not still carry the trigger
     // annotation, or the Image would sync a second time.
@@ -370,6 +385,9 @@ async fn write(
     }
     if !annotations.is_empty() {
         let patch = json!({"metadata": {"annotations": annotations}});
+        if !ctx.leader.is_held() {
+            return Err(lapsed("annotations"));
+        }
         api.patch(
             name,
             &PatchParams {
@@ -397,6 +415,9 @@ async fn write(
             "kind": "Image",
             "status": report.status,
         });
+        if !ctx.leader.is_held() {
+            return Err(lapsed("status"));
+        }
         api.patch_status(
             name,
             &PatchParams::apply(FIELD_MANAGER).force(),
@@ -426,6 +447,9 @@ async fn write(
             action: "Sync".into(),
             secondary: None,
         };
+        if !ctx.leader.is_held() {
+            return Err(lapsed("events"));
+        }
         if let Err(e) = ctx.recorder.publish(&event, &reference).await {
             // Events are best effort: a failure must not fail the sync or hide its status.
             warn!(error = %e, reason = %ev.reason, "publishing event failed");
@@ -602,10 +626,11 @@ spec:
         );
         let shared = Arc::new(Shared {
             tags: crate::registry::TagCache::new(registry, Duration::ZERO),
+            leadership: Leadership::always(),
             http: client_for_alerts,
             pushes: tokio::sync::broadcast::channel(4).0,
         });
-        let ctx = ClusterContext::new("c", client, shared, watch::channel(true).1, None);
+        let ctx = ClusterContext::new("c", client, shared, Leadership::always(), None);
         let run = LastRun {
             at: at("2026-01-01T00:00:00Z"),
             generation: Some(1),

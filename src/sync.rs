@@ -82,6 +82,9 @@ pub enum SyncError {
     /// An action kimup lists but does not implement.
     #[error("rule {rule:?}: action request-approval is not supported by kimup")]
     Unsupported { rule: String },
+    /// This replica stopped leading during the sync: the action was not taken.
+    #[error("rule {rule:?}: {action} skipped: this replica no longer leads")]
+    NotLeader { rule: String, action: &'static str },
 }
 
 impl SyncError {
@@ -95,9 +98,10 @@ impl SyncError {
             | SyncError::SecretApi { .. } => SyncResult::PullSecretsError,
             SyncError::Registry(e) => e.result(),
             SyncError::Rule { .. } => SyncResult::GetRuleError,
-            SyncError::Apply { .. } | SyncError::Alert { .. } | SyncError::Unsupported { .. } => {
-                SyncResult::ActionError
-            }
+            SyncError::Apply { .. }
+            | SyncError::Alert { .. }
+            | SyncError::Unsupported { .. }
+            | SyncError::NotLeader { .. } => SyncResult::ActionError,
         }
     }
 
@@ -114,6 +118,7 @@ impl SyncError {
             SyncError::Apply { .. } => "ApplyFailed",
             SyncError::Alert { .. } => "AlertFailed",
             SyncError::Unsupported { .. } => "UnsupportedAction",
+            SyncError::NotLeader { .. } => "NotLeader",
         }
     }
 
@@ -130,6 +135,7 @@ impl SyncError {
             SyncError::Apply { .. } => "apply",
             SyncError::Alert { .. } => "alert",
             SyncError::Unsupported { .. } => "unsupported",
+            SyncError::NotLeader { .. } => "not_leader",
         }
     }
 }
@@ -190,6 +196,8 @@ pub struct Shared {
     pub tags: TagCache,
     /// HTTP client for alerts.
     pub http: reqwest::Client,
+    /// Whether this replica may act; checked right before each workload patch and alert.
+    pub leadership: crate::leader::Leadership,
     /// Registry pushes announced by webhooks, fanned out to every cluster's controller.
     pub pushes: tokio::sync::broadcast::Sender<crate::triggers::webhook::RepoEvent>,
 }
@@ -557,6 +565,13 @@ async fn run_action(
 ) -> Result<(), SyncError> {
     match action {
         ActionType::Apply => {
+            // The lease may have lapsed during the sync (or the process was paused): no patch.
+            if !shared.leadership.is_held() {
+                return Err(SyncError::NotLeader {
+                    rule: rule.name.clone(),
+                    action: "apply",
+                });
+            }
             let changes = apply::apply_to_workloads(client, namespace, reference, new_tag, digest)
                 .await
                 .map_err(|source| SyncError::Apply {
@@ -606,6 +621,12 @@ async fn run_action(
                 alert::prepare(client, namespace, alert_type, data, ctx, &rule.name, values)
                     .await
                     .map_err(map_err)?;
+            if !shared.leadership.is_held() {
+                return Err(SyncError::NotLeader {
+                    rule: rule.name.clone(),
+                    action: alert_type.as_str(),
+                });
+            }
             alert::send(&shared.http, &prepared, alert_type)
                 .await
                 .map_err(map_err)?;
