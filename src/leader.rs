@@ -660,4 +660,97 @@ mod tests {
         assert!(e.contains("at least --retry-period"), "{e}");
         assert!(check_durations(S(7200), S(10), S(2)).is_err());
     }
+
+    /// A Lease API that grants the first create, then never answers again.
+    async fn hanging_lease_api() -> Client {
+        use axum::Router;
+        use axum::http::StatusCode;
+        use axum::routing::{get, post};
+        const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/ns/leases/l";
+        let gets = Arc::new(AtomicU64::new(0));
+        let app = Router::new()
+            .route(
+                LEASE,
+                get(move || {
+                    let gets = gets.clone();
+                    async move {
+                        if gets.fetch_add(1, Ordering::SeqCst) > 0 {
+                            std::future::pending::<()>().await;
+                        }
+                        let status = serde_json::json!({"kind": "Status", "apiVersion": "v1",
+                            "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"});
+                        (StatusCode::NOT_FOUND, axum::Json(status))
+                    }
+                }),
+            )
+            .route(
+                "/apis/coordination.k8s.io/v1/namespaces/ns/leases",
+                post(|axum::Json(mut lease): axum::Json<serde_json::Value>| async move {
+                    lease["metadata"]["resourceVersion"] = "1".into();
+                    (StatusCode::CREATED, axum::Json(lease))
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Client::try_from(kube::Config::new(url.parse().expect("url"))).expect("client")
+    }
+
+    #[tokio::test]
+    async fn the_leader_steps_down_at_the_deadline_while_a_renewal_hangs() {
+        let renew_deadline = MS(300);
+        let config = LeaderConfig {
+            namespace: "ns".into(),
+            name: "l".into(),
+            identity: "me".into(),
+            lease_duration: S(1),
+            renew_deadline,
+            // Long enough that stepping down only after the next attempt's own timeout (at
+            // retry + deadline) would miss the bound below.
+            retry_period: MS(250),
+        };
+        let mut elector = Elector::new(hanging_lease_api().await, config);
+        let leadership = Leadership::elected(renew_deadline);
+        let mut changes = leadership.changes();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let (leadership, shutdown) = (leadership.clone(), shutdown.clone());
+            async move {
+                elector.run(leadership, shutdown).await;
+                elector
+            }
+        });
+        tokio::time::timeout(S(5), changes.wait_for(|held| *held))
+            .await
+            .expect("leadership gained within 5 s")
+            .expect("elector alive");
+        let gained = Instant::now();
+        assert!(leadership.is_held());
+        // Every later call hangs: the step-down must come at the deadline, not after the call.
+        tokio::time::timeout(S(5), changes.wait_for(|held| !*held))
+            .await
+            .expect("leadership lost within 5 s")
+            .expect("elector alive");
+        let held_for = gained.elapsed();
+        assert!(!leadership.is_held());
+        assert!(
+            held_for <= renew_deadline + MS(120),
+            "stepped down {held_for:?} after gaining, deadline {renew_deadline:?}"
+        );
+        shutdown.cancel();
+        let mut elector = tokio::time::timeout(S(5), task)
+            .await
+            .expect("elector stops on shutdown")
+            .expect("elector task");
+        // The release at shutdown is bounded too: min(renew deadline, RELEASE_TIMEOUT).
+        let started = Instant::now();
+        let released = elector.release().await;
+        assert!(
+            matches!(released, Err(ReleaseError::TimedOut(d)) if d == renew_deadline),
+            "{released:?}"
+        );
+        assert!(started.elapsed() < renew_deadline + MS(200));
+    }
 }
