@@ -24,6 +24,7 @@ use tracing::{Instrument, debug, info, info_span, instrument, warn};
 
 use crate::actions::apply::FIELD_MANAGER;
 use crate::api::{ANNOTATION_ACTION, ANNOTATION_TAG, Image, ImageStatus, TriggerType};
+use crate::leader::Leadership;
 use crate::sync::{self, Scope, Shared, SyncReport, TriggerReason};
 use crate::workloads::{self, Workloads};
 
@@ -38,6 +39,13 @@ pub enum ReconcileError {
         name: String,
         #[source]
         source: kube::Error,
+    },
+    /// Leadership lapsed before a write: nothing more is written.
+    #[error("not writing {what} of {namespace}/{name}: this replica no longer leads")]
+    NotLeader {
+        what: &'static str,
+        namespace: String,
+        name: String,
     },
     /// Some workloads could not be written; the status names them.
     #[error("{count} workload(s) of {namespace}/{name} not written")]
@@ -55,6 +63,7 @@ impl ReconcileError {
             ReconcileError::Write { what: "status", .. } => "status_write",
             ReconcileError::Write { .. } => "annotation_write",
             ReconcileError::Workloads { .. } => "workload_write",
+            ReconcileError::NotLeader { .. } => "not_leader",
         }
     }
 }
@@ -97,8 +106,8 @@ pub struct ClusterContext {
     pub client: Client,
     /// Process-wide services.
     pub shared: Arc<Shared>,
-    /// True while this replica leads.
-    pub leader: watch::Receiver<bool>,
+    /// Whether this replica may act: `is_held()` before each sync and each write.
+    pub leader: Leadership,
     recorder: Recorder,
     memory: Mutex<Memory>,
     images: OnceLock<Store<Image>>,
@@ -111,7 +120,7 @@ impl ClusterContext {
         cluster: &str,
         client: Client,
         shared: Arc<Shared>,
-        leader: watch::Receiver<bool>,
+        leader: Leadership,
         instance: Option<String>,
     ) -> Self {
         let reporter = Reporter {
@@ -130,9 +139,9 @@ impl ClusterContext {
         }
     }
 
-    /// Whether this replica may act now.
+    /// Whether this replica may act now, by the monotonic clock of its last lease renewal.
     pub fn leading(&self) -> bool {
-        *self.leader.borrow()
+        self.leader.is_held()
     }
 
     fn with_memory<T>(&self, f: impl FnOnce(&mut Memory) -> T) -> Option<T> {
@@ -292,7 +301,7 @@ pub async fn run(
     };
     // Leadership gained => forget and re-sync everything; a standby's view may be stale.
     let ctx_for_leader = ctx.clone();
-    let relist = leadership_gained(ctx.leader.clone(), move || ctx_for_leader.forget_all());
+    let relist = leadership_gained(ctx.leader.changes(), move || ctx_for_leader.forget_all());
     let controller = Controller::new(images, watcher::Config::default().any_semantic());
     let store = controller.store();
     let (workload_caches, streams) = workloads::watch(&ctx.client, namespace);
@@ -577,6 +586,12 @@ async fn write(
     reason: Option<TriggerReason>,
 ) -> Result<(), ReconcileError> {
     let api: Api<Image> = Api::namespaced(ctx.client.clone(), namespace);
+    // Each write re-checks leadership: the lease may lapse (or the process be paused) between two.
+    let lapsed = |what: &'static str| ReconcileError::NotLeader {
+        what,
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    };
     // kimup (Go) mirrors the tag in an annotation; the annotation trigger is removed once handled.
     // Metadata first: the watch event of the status write must not still carry the trigger
     // annotation, or the Image would sync a second time.
@@ -592,6 +607,9 @@ async fn write(
     }
     if !annotations.is_empty() {
         let patch = json!({"metadata": {"annotations": annotations}});
+        if !ctx.leading() {
+            return Err(lapsed("annotations"));
+        }
         api.patch(
             name,
             &PatchParams {
@@ -623,6 +641,9 @@ async fn write(
             "kind": "Image",
             "status": report.status,
         });
+        if !ctx.leading() {
+            return Err(lapsed("status"));
+        }
         api.patch_status(
             name,
             &PatchParams::apply(FIELD_MANAGER).force(),
@@ -667,6 +688,9 @@ async fn publish(ctx: &ClusterContext, image: &Image, report: &SyncReport) {
             action: "Sync".into(),
             secondary: None,
         };
+        if !ctx.leading() {
+            return;
+        }
         if let Err(e) = ctx.recorder.publish(&event, &reference).await {
             warn!(error = %e, reason = %ev.reason, "publishing event failed");
         }
@@ -838,10 +862,11 @@ spec:
         );
         let shared = Arc::new(Shared {
             tags: crate::registry::TagCache::new(registry, Duration::ZERO),
+            leadership: Leadership::always(),
             http: client_for_alerts,
             pushes: tokio::sync::broadcast::channel(4).0,
         });
-        let ctx = ClusterContext::new("c", client, shared, watch::channel(true).1, None);
+        let ctx = ClusterContext::new("c", client, shared, Leadership::always(), None);
         let run = LastRun {
             at: at("2026-01-01T00:00:00Z"),
             generation: Some(1),

@@ -10,14 +10,13 @@ use anyhow::{Context, Result};
 use kube::api::{Api, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::api::Image;
 use crate::clusters;
 use crate::controller::{self, ClusterContext};
-use crate::leader::{self, Elector, LeaderConfig};
+use crate::leader::{self, Elector, LeaderConfig, Leadership};
 use crate::registry::{ClientSettings, RegistryClient, TagCache};
 use crate::server::{self, Health};
 use crate::sync::Shared;
@@ -125,17 +124,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub fn validate(args: &RunArgs) -> Result<(), String> {
     const DAY: Duration = Duration::from_secs(24 * 3600);
     if args.leader_elect {
-        if args.lease_duration < Duration::from_secs(1)
-            || args.lease_duration > Duration::from_secs(3600)
-        {
-            return Err("--lease-duration must be between 1s and 1h".into());
-        }
-        if args.renew_deadline >= args.lease_duration {
-            return Err("--renew-deadline must be shorter than --lease-duration".into());
-        }
-        if args.retry_period.is_zero() || args.retry_period >= args.renew_deadline {
-            return Err("--retry-period must be above 0 and shorter than --renew-deadline".into());
-        }
+        leader::check_durations(args.lease_duration, args.renew_deadline, args.retry_period)?;
     }
     if args.tag_cache_ttl > DAY {
         return Err("--tag-cache-ttl must be at most 24h".into());
@@ -174,8 +163,14 @@ pub fn shared(args: &RunArgs) -> Result<Arc<Shared>> {
         .connect_timeout(Duration::from_secs(5))
         .build()
         .context("building the alert HTTP client")?;
+    let leadership = if args.leader_elect {
+        Leadership::elected(args.renew_deadline)
+    } else {
+        Leadership::always()
+    };
     Ok(Arc::new(Shared {
         tags: TagCache::new(client, args.tag_cache_ttl),
+        leadership,
         http,
         pushes: tokio::sync::broadcast::channel(1024).0,
     }))
@@ -187,8 +182,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let shared = shared(&args)?;
     let health = Health::default();
     let shutdown = CancellationToken::new();
-    let (leader_tx, leader_rx) = watch::channel(!args.leader_elect);
-    let leader_tx = Arc::new(leader_tx);
+    let leadership = shared.leadership.clone();
 
     let listener = tokio::net::TcpListener::bind(args.listen_addr)
         .await
@@ -208,7 +202,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         server::ServerState {
             health: health.clone(),
             shared: shared.clone(),
-            leader: leader_rx.clone(),
+            leader: leadership.clone(),
             webhook_token: webhook_token.map(Arc::from),
         },
     ));
@@ -230,9 +224,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
         None
     };
     let election = elector.take().map(|mut e| {
-        let (tx, token) = (leader_tx.clone(), shutdown.clone());
+        let (leadership, token) = (leadership.clone(), shutdown.clone());
         tokio::spawn(async move {
-            e.run_shared(tx, token).await;
+            e.run(leadership, token).await;
             e
         })
     });
@@ -240,7 +234,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let supervisor = tokio::spawn(supervise(
         args.clone(),
         shared.clone(),
-        leader_rx,
+        leadership.clone(),
         health.clone(),
         shutdown.clone(),
     ));
@@ -248,9 +242,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     wait_for_signal().await;
     info!("shutting down: stopping all actions");
     // Stop acting at once, then stop the controllers, then hand the lease over.
-    leader_tx.send_replace(false);
+    leadership.relinquish();
     shutdown.cancel();
     let _ = supervisor.await;
+    // Bounded (leader::RELEASE_TIMEOUT): an unreachable home cluster must not hang SIGTERM.
     if let Some(handle) = election
         && let Ok(mut e) = handle.await
         && let Err(err) = e.release().await
@@ -288,7 +283,7 @@ async fn home_client(args: &RunArgs) -> Result<Client> {
 async fn supervise(
     args: RunArgs,
     shared: Arc<Shared>,
-    leader: watch::Receiver<bool>,
+    leader: Leadership,
     health: Health,
     shutdown: CancellationToken,
 ) {
@@ -397,7 +392,7 @@ pub async fn serve_cluster(
     name: String,
     config: Config,
     shared: Arc<Shared>,
-    leader: watch::Receiver<bool>,
+    leader: Leadership,
     health: Health,
     shutdown: CancellationToken,
     concurrency: u16,

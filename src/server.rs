@@ -8,7 +8,6 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::routing::{get, post};
-use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::sync::Shared;
@@ -79,8 +78,8 @@ pub struct ServerState {
     pub health: Health,
     /// The tag cache and the push fan-out.
     pub shared: Arc<Shared>,
-    /// True while this replica leads.
-    pub leader: watch::Receiver<bool>,
+    /// Whether this replica may act (webhooks are answered 503 on a standby).
+    pub leader: crate::leader::Leadership,
     /// Token webhooks must present; webhooks are disabled without one.
     pub webhook_token: Option<Arc<str>>,
 }
@@ -176,7 +175,7 @@ async fn webhook(
     };
     // A standby must not act, and would lose the push: ask the sender to retry (the Service may
     // route the retry to the leader; distribution retries with backoff).
-    if !*state.leader.borrow() {
+    if !state.leader.is_held() {
         crate::metrics::webhook(&source, "not_leader");
         return (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -247,6 +247,8 @@ pub struct Shared {
     pub tags: TagCache,
     /// HTTP client for alerts.
     pub http: reqwest::Client,
+    /// Whether this replica may act; each cluster's controller asks it before every write.
+    pub leadership: crate::leader::Leadership,
     /// Registry pushes announced by webhooks, fanned out to every cluster's controller.
     pub pushes: tokio::sync::broadcast::Sender<crate::triggers::webhook::RepoEvent>,
 }
@@ -1045,10 +1047,6 @@ async fn send_pending_alerts(
         let Some((rule, action)) = action else {
             continue;
         };
-        if !(scope.may_write)() {
-            keep.push(p);
-            continue;
-        }
         let ctx = AlertContext {
             namespace: namespace.to_string(),
             name: name.to_string(),
@@ -1070,12 +1068,23 @@ async fn send_pending_alerts(
                 values,
             )
             .await?;
-            alert::send(&shared.http, &prepared, action.type_).await
+            // Right before sending: the lease may have lapsed (or the process been paused)
+            // since the sync started. Not sent stays pending, for whoever leads next.
+            if !(scope.may_write)() {
+                return Ok(false);
+            }
+            alert::send(&shared.http, &prepared, action.type_)
+                .await
+                .map(|()| true)
         }
         .instrument(span)
         .await;
         match sent {
-            Ok(()) => {
+            Ok(false) => {
+                keep.push(p);
+                continue;
+            }
+            Ok(true) => {
                 crate::metrics::action(action.type_.as_str(), "ok");
                 state.events.push(SyncEvent {
                     warning: false,

@@ -74,6 +74,12 @@ pub struct Cluster {
     pub kubeconfig_path: PathBuf,
     /// Kubeconfig content.
     pub kubeconfig_yaml: String,
+    /// The API server's audit log (JSON lines), when the environment asked for one.
+    pub audit_log_path: Option<PathBuf>,
+    /// Issues client certificates this API server trusts (per-user kubeconfigs).
+    client_ca: Ca,
+    /// CA of the API server's serving certificate, PEM.
+    serving_ca_pem: String,
     process: Process,
     args: Vec<String>,
     program: PathBuf,
@@ -81,13 +87,15 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts an API server on `etcd` under prefix `/<name>` and waits until /readyz is ok.
+    /// Starts an API server on `etcd` under prefix `/<name>` and waits until /readyz is ok; with
+    /// `audit`, it logs every write (metadata only) to `<log_dir>/audit-<name>.log`.
     pub async fn start(
         name: &str,
         bins: &Binaries,
         etcd: &Etcd,
         dir: &Path,
         log_dir: &Path,
+        audit: bool,
     ) -> Result<Self> {
         let dir = dir.join(name);
         let cert_dir = dir.join("pki");
@@ -111,7 +119,7 @@ impl Cluster {
         let sa_key_file = write("sa-signer.key", &sa_key)?;
         let sa_pub_file = write("sa-signer.pub", &sa_pub)?;
 
-        let args = vec![
+        let mut args = vec![
             "--allow-privileged=true".to_string(),
             "--authorization-mode=RBAC".to_string(),
             "--bind-address=127.0.0.1".to_string(),
@@ -136,6 +144,21 @@ impl Cluster {
             "--endpoint-reconciler-type=none".to_string(),
             "--v=1".to_string(),
         ];
+        let audit_log_path = if audit {
+            let policy = write("audit-policy.yaml", AUDIT_POLICY)?;
+            let path = log_dir.join(format!("audit-{name}.log"));
+            args.extend([
+                format!("--audit-policy-file={}", policy.display()),
+                format!("--audit-log-path={}", path.display()),
+                "--audit-log-format=json".to_string(),
+                // Blocking: the event is on disk when the request has been answered, so a test
+                // that reads the log after its condition holds sees every write before it.
+                "--audit-log-mode=blocking".to_string(),
+            ]);
+            Some(path)
+        } else {
+            None
+        };
 
         let kubeconfig_yaml =
             kubeconfig(name, &url, &serving_ca.pem().cert, &admin.cert, &admin.key);
@@ -153,6 +176,9 @@ impl Cluster {
             url,
             kubeconfig_path,
             kubeconfig_yaml,
+            audit_log_path,
+            client_ca,
+            serving_ca_pem: serving_ca.pem().cert,
             process,
             args,
             program: bins.kube_apiserver.clone(),
@@ -160,6 +186,37 @@ impl Cluster {
         };
         cluster.wait_ready().await?;
         Ok(cluster)
+    }
+
+    /// A kubeconfig for user `user` in group `group` (a client certificate with CN = user, O =
+    /// group), so the audit log's `user.username` names whoever used it.
+    pub fn kubeconfig_for(&self, user: &str, group: &str) -> Result<String> {
+        let pem = self.client_ca.client(user, group)?;
+        Ok(kubeconfig(
+            &self.name,
+            &self.url,
+            &self.serving_ca_pem,
+            &pem.cert,
+            &pem.key,
+        ))
+    }
+
+    /// The audit events logged so far (empty without an audit log or before the first write).
+    pub fn audit_events(&self) -> Result<Vec<AuditEvent>> {
+        let Some(path) = &self.audit_log_path else {
+            bail!("{} was started without an audit log", self.name);
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        // A line being written as we read is cut; skip it, it will be whole on the next read.
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<RawAuditEvent>(l).ok())
+            .map(AuditEvent::from)
+            .collect())
     }
 
     /// A new client for this cluster, bound to the calling runtime.
@@ -246,6 +303,96 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+}
+
+/// Audit policy of the test API servers: metadata of every write, nothing of reads (cheap, and
+/// enough to tell who wrote what when).
+const AUDIT_POLICY: &str = r#"apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+- level: Metadata
+  verbs: ["create", "update", "patch", "delete", "deletecollection"]
+- level: None
+"#;
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawAuditEvent {
+    #[serde(default)]
+    verb: String,
+    #[serde(default)]
+    user: RawUser,
+    #[serde(default)]
+    object_ref: Option<RawObjectRef>,
+    #[serde(default)]
+    request_received_timestamp: String,
+    #[serde(default)]
+    response_status: Option<RawStatus>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct RawUser {
+    #[serde(default)]
+    username: String,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct RawObjectRef {
+    #[serde(default)]
+    resource: String,
+    #[serde(default)]
+    subresource: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawStatus {
+    #[serde(default)]
+    code: u16,
+}
+
+/// One audited request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// `create`, `update`, `patch`, `delete`, ...
+    pub verb: String,
+    /// The authenticated user (the client certificate's CN).
+    pub username: String,
+    /// Resource, with its subresource when there is one: `images`, `images/status`, `leases`.
+    pub resource: String,
+    /// Namespace of the object, empty for cluster-scoped ones.
+    pub namespace: String,
+    /// Name of the object, empty for a create without a name yet.
+    pub name: String,
+    /// When the API server received it: RFC 3339 with microseconds in UTC (fixed width, so
+    /// strings order as times do).
+    pub received: String,
+    /// HTTP status of the answer (0 when unknown).
+    pub code: u16,
+}
+
+impl From<RawAuditEvent> for AuditEvent {
+    fn from(r: RawAuditEvent) -> Self {
+        let o = r.object_ref.unwrap_or_default();
+        let resource = match o.subresource.filter(|s| !s.is_empty()) {
+            Some(sub) => format!("{}/{sub}", o.resource),
+            None => o.resource,
+        };
+        Self {
+            verb: r.verb,
+            username: r.user.username,
+            resource,
+            namespace: o.namespace.unwrap_or_default(),
+            name: o.name.unwrap_or_default(),
+            received: r.request_received_timestamp,
+            code: r.response_status.map(|s| s.code).unwrap_or(0),
+        }
     }
 }
 

@@ -25,7 +25,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ObjectMeta, PostParams};
 
 pub use binaries::Binaries;
-pub use cluster::{Cluster, Etcd};
+pub use cluster::{AuditEvent, Cluster, Etcd};
 pub use registry::{BasicAuth, Registry};
 pub use sinks::{Collector, HttpSink, SmtpServer};
 
@@ -43,6 +43,7 @@ pub struct Builder {
     crds: Vec<CustomResourceDefinition>,
     name: Option<String>,
     keep_data: bool,
+    audit_log: bool,
 }
 
 impl Builder {
@@ -76,6 +77,12 @@ impl Builder {
     /// Name of the run (log folder prefix).
     pub fn name(mut self, name: &str) -> Self {
         self.name = Some(name.to_string());
+        self
+    }
+
+    /// Give every API server an audit log of writes (`Cluster::audit_events`), in the log folder.
+    pub fn audit_log(mut self) -> Self {
+        self.audit_log = true;
         self
     }
 
@@ -146,8 +153,8 @@ impl TestEnv {
             // Start the API servers concurrently: each takes several seconds of post-start hooks.
             let starts = (0..b.clusters).map(|i| {
                 let name = format!("cluster-{i}");
-                let (etcd, data, logs) = (&etcd, &data, &logs);
-                async move { Cluster::start(&name, bins, etcd, data, logs).await }
+                let (etcd, data, logs, audit) = (&etcd, &data, &logs, b.audit_log);
+                async move { Cluster::start(&name, bins, etcd, data, logs, audit).await }
             });
             for c in futures::future::join_all(starts).await {
                 env.clusters.push(c.with_context(ctx)?);
@@ -206,6 +213,20 @@ impl TestEnv {
             create_namespace(c, &name).await?;
         }
         Ok(name)
+    }
+
+    /// Writes a kubeconfig of every cluster for `user` (group `system:masters`) into `dir` as
+    /// `<cluster name>.yaml`: same cluster names as `write_kubeconfigs`, but the API servers (and
+    /// their audit logs) see `user` rather than the shared admin.
+    pub fn write_kubeconfigs_as(&self, dir: &Path, user: &str) -> Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir)?;
+        let mut out = Vec::new();
+        for c in &self.clusters {
+            let p = dir.join(format!("{}.yaml", c.name));
+            std::fs::write(&p, c.kubeconfig_for(user, "system:masters")?)?;
+            out.push(p);
+        }
+        Ok(out)
     }
 
     /// Writes every cluster's kubeconfig into `dir` as `<cluster name>.yaml`.
