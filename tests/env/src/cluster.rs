@@ -20,6 +20,8 @@ pub struct Etcd {
     process: Process,
     /// Client URL, `http://127.0.0.1:PORT`.
     pub url: String,
+    /// How to start it again: program, arguments, log folder.
+    launch: (PathBuf, Vec<String>, PathBuf),
 }
 
 impl Etcd {
@@ -42,6 +44,35 @@ impl Etcd {
             "--log-level=warn".to_string(),
         ];
         let mut process = Process::spawn("etcd", &bins.etcd, &args, log_dir)?;
+        wait_healthy(&url, &mut process).await?;
+        Ok(Self {
+            process,
+            url,
+            launch: (bins.etcd.clone(), args, log_dir.to_path_buf()),
+        })
+    }
+
+    /// Kills etcd (SIGKILL), as a crash would; every API server over it loses its storage.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts etcd again with the same data and ports, and waits until it is healthy.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.process.kill();
+        let (program, args, log_dir) = &self.launch;
+        self.process = Process::spawn("etcd", program, args, log_dir)?;
+        wait_healthy(&self.url, &mut self.process).await
+    }
+
+    /// The etcd process (for its pid and log).
+    pub fn process(&self) -> &Process {
+        &self.process
+    }
+}
+
+async fn wait_healthy(url: &str, process: &mut Process) -> Result<()> {
+    {
         let http = reqwest::Client::new();
         let health = format!("{url}/health");
         wait_until("etcd /health", Duration::from_secs(30), || {
@@ -54,13 +85,7 @@ impl Etcd {
                 Ok(resp.status().is_success())
             }
         })
-        .await?;
-        Ok(Self { process, url })
-    }
-
-    /// The etcd process (for its pid and log).
-    pub fn process(&self) -> &Process {
-        &self.process
+        .await
     }
 }
 

@@ -34,6 +34,8 @@ pub struct Registry {
     /// PEM of the CA that signed the serving certificate when TLS is on.
     pub ca_pem: Option<String>,
     process: Process,
+    /// How to start it again: process name, program, arguments, log folder.
+    launch: (String, PathBuf, Vec<String>, PathBuf),
 }
 
 impl Registry {
@@ -121,14 +123,49 @@ impl Registry {
         }
         let config_path = dir.join("config.yml");
         std::fs::write(&config_path, serde_yaml::to_string(&config)?)?;
-        let mut process = Process::spawn(
-            name,
-            &bins.registry,
-            &["serve".to_string(), config_path.display().to_string()],
-            log_dir,
-        )?;
+        let launch = (
+            name.to_string(),
+            bins.registry.clone(),
+            vec!["serve".to_string(), config_path.display().to_string()],
+            log_dir.to_path_buf(),
+        );
+        let mut process = Process::spawn(&launch.0, &launch.1, &launch.2, &launch.3)?;
+        wait_serving(name, &host, ca_pem.as_deref(), &mut process).await?;
+        let second_auth = auth.as_ref().map(second_user);
+        Ok(Self {
+            host,
+            auth,
+            second_auth,
+            ca_pem,
+            process,
+            launch,
+        })
+    }
+
+    /// Kills the registry (SIGKILL), as a crash would: its port refuses connections.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts the registry again on the same port, with the same storage and configuration.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.process.kill();
+        let (name, program, args, log_dir) = &self.launch;
+        self.process = Process::spawn(name, program, args, log_dir)?;
+        wait_serving(name, &self.host, self.ca_pem.as_deref(), &mut self.process).await
+    }
+}
+
+/// Waits until the registry at `host` answers /v2/ (401 counts: up with auth on).
+async fn wait_serving(
+    name: &str,
+    host: &str,
+    ca_pem: Option<&str>,
+    process: &mut Process,
+) -> Result<()> {
+    {
         let scheme = if ca_pem.is_some() { "https" } else { "http" };
-        let http = http_client(ca_pem.as_deref())?;
+        let http = http_client(ca_pem)?;
         let url = format!("{scheme}://{host}/v2/");
         wait_until(&format!("{name} /v2/"), Duration::from_secs(30), || {
             let http = http.clone();
@@ -141,16 +178,11 @@ impl Registry {
                 Ok(status.is_success() || status.as_u16() == 401)
             }
         })
-        .await?;
-        let second_auth = auth.as_ref().map(second_user);
-        Ok(Self {
-            host,
-            auth,
-            second_auth,
-            ca_pem,
-            process,
-        })
+        .await
     }
+}
+
+impl Registry {
 
     /// Whether this registry serves TLS.
     pub fn is_tls(&self) -> bool {
