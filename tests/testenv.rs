@@ -1,9 +1,11 @@
-//! The test control plane itself: three real API servers over etcd, two real registries, and
-//! Toxiproxy to put TCP faults between them and their clients.
+//! The test control plane itself: three real API servers over etcd, two real registries, and the
+//! fault injectors (Toxiproxy for TCP, the HTTP fault proxy for 429/503).
 
 use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kimup_testenv::httpfault::{FaultPlan, HttpFault, HttpFaultProxy};
+use kimup_testenv::process::wait_until;
 use kimup_testenv::toxiproxy::Toxic;
 use kimup_testenv::{TestEnv, shared};
 use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
@@ -366,4 +368,78 @@ async fn toxiproxy_carries_an_api_server_connection() {
         "the API server is out of reach while the proxy is down: {down:?}"
     );
     proxy.delete().await.expect("delete");
+}
+
+#[tokio::test]
+async fn http_fault_proxy_answers_429_and_503_then_forwards() {
+    let env = env();
+    let reg = env.plain_registry();
+    reg.push_tags("testenv/limited", &["1.0.0", "1.1.0"])
+        .await
+        .expect("push");
+    let proxy = HttpFaultProxy::start(&reg.base_url())
+        .await
+        .expect("fault proxy");
+    let http = reqwest::Client::new();
+    let tags = format!("{}/v2/testenv/limited/tags/list", proxy.url);
+    let get = |url: String| {
+        let http = http.clone();
+        async move { http.get(url).send().await.expect("request") }
+    };
+
+    // Forwarded: the registry's own answer.
+    let resp = get(tags.clone()).await;
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: serde_json::Value = resp.json().await.expect("json");
+    let mut got: Vec<String> = serde_json::from_value(body["tags"].clone()).expect("tags");
+    got.sort();
+    assert_eq!(got, vec!["1.0.0", "1.1.0"]);
+
+    // Two tag listings rate-limited with Retry-After; other paths untouched; then forwarded.
+    proxy.set(
+        FaultPlan::new(HttpFault::too_many_requests(Some("3")))
+            .times(2)
+            .on_paths_containing("/tags/list"),
+    );
+    assert_eq!(
+        get(format!("{}/v2/", proxy.url)).await.status().as_u16(),
+        200
+    );
+    for _ in 0..2 {
+        let resp = get(tags.clone()).await;
+        assert_eq!(resp.status().as_u16(), 429);
+        assert_eq!(
+            resp.headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()),
+            Some("3")
+        );
+        let body: serde_json::Value = resp.json().await.expect("json");
+        assert_eq!(body["errors"][0]["code"], "TOOMANYREQUESTS");
+    }
+    assert_eq!(get(tags.clone()).await.status().as_u16(), 200);
+
+    // 503 for a period, then forwarded again without anyone clearing it.
+    proxy.set(
+        FaultPlan::new(HttpFault::service_unavailable(None)).for_period(Duration::from_secs(1)),
+    );
+    assert_eq!(get(tags.clone()).await.status().as_u16(), 503);
+    wait_until("the 503 period to end", Duration::from_secs(10), || {
+        let fut = get(tags.clone());
+        async move { Ok(fut.await.status().as_u16() == 200) }
+    })
+    .await
+    .expect("forwarded after the period");
+
+    // Until cleared.
+    proxy.set(FaultPlan::new(HttpFault::service_unavailable(Some("1"))));
+    assert_eq!(get(tags.clone()).await.status().as_u16(), 503);
+    proxy.clear();
+    assert_eq!(get(tags.clone()).await.status().as_u16(), 200);
+    let stats = proxy.stats();
+    assert!(
+        stats.faulted >= 4 && stats.requests > stats.faulted,
+        "{stats:?}"
+    );
+    assert_eq!(stats.upstream_errors, 0);
 }

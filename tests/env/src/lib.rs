@@ -11,6 +11,7 @@
 pub mod binaries;
 pub mod certs;
 pub mod cluster;
+pub mod httpfault;
 pub mod process;
 pub mod registry;
 pub mod sinks;
