@@ -200,6 +200,7 @@ pub async fn run(
     let ctx_for_leader = ctx.clone();
     let relist = leadership_gained(ctx.leader.clone(), move || ctx_for_leader.forget_all());
     let controller = Controller::new(images, watcher::Config::default().any_semantic());
+    health.set_images(&ctx.cluster, Some(controller.store()));
     let pushed = pushed_images(ctx.clone(), controller.store());
     // Deleted Images never reach `reconcile`: drop what the memory holds for them now and then.
     let (store, ctx_for_gc) = (controller.store(), ctx.clone());
