@@ -69,7 +69,7 @@ pub struct RunArgs {
     /// Interval between lease attempts.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub retry_period: Duration,
-    /// Address of /metrics, /healthz and /readyz.
+    /// Address of /metrics, /healthz, /readyz, /clusters and /webhooks.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub listen_addr: SocketAddr,
     /// How long a registry tag list is reused (e.g. 60s, 5m); 0 disables the cache.
