@@ -4,6 +4,7 @@
 #   kube-apiserver and etcd: built from their Go modules through tests/env/tools/*
 #   otelcol: an OpenTelemetry Collector (OTLP receiver, file and debug exporters), tests/env/tools/otelcol
 #   helm: the helm v3 CLI, tests/env/tools/helm
+#   toxiproxy: Shopify's TCP fault injector (latency, resets, timeouts), tests/env/tools/toxiproxy
 #   docker-registry: Debian's package
 #   aiosmtpd: PyPI, the SMTP server alert tests deliver to
 # Prints the cache directory on stdout's last line. Idempotent; safe to run concurrently is NOT
@@ -19,6 +20,7 @@ kube_dir="$root/tests/env/tools/kube-apiserver"
 etcd_dir="$root/tests/env/tools/etcd"
 otelcol_dir="$root/tests/env/tools/otelcol"
 helm_dir="$root/tests/env/tools/helm"
+toxiproxy_dir="$root/tests/env/tools/toxiproxy"
 KUBE_VERSION="$(modver "$kube_dir" k8s.io/kubernetes)"
 ETCD_VERSION="$(modver "$etcd_dir" go.etcd.io/etcd/server/v3)"
 # The collector's core and contrib modules move together (scripts/gen-tools-mod.sh), so the core
@@ -26,7 +28,9 @@ ETCD_VERSION="$(modver "$etcd_dir" go.etcd.io/etcd/server/v3)"
 OTELCOL_VERSION="$(modver "$otelcol_dir" go.opentelemetry.io/collector/otelcol)"
 HELM_VERSION="$(modver "$helm_dir" helm.sh/helm/v3)"
 HELM_CLIENT_GO="$(modver "$helm_dir" k8s.io/client-go)"
+TOXIPROXY_VERSION="$(modver "$toxiproxy_dir" github.com/Shopify/toxiproxy/v2)"
 [ -n "$KUBE_VERSION" ] && [ -n "$ETCD_VERSION" ] && [ -n "$OTELCOL_VERSION" ] && [ -n "$HELM_VERSION" ] && [ -n "$HELM_CLIENT_GO" ] \
+  && [ -n "$TOXIPROXY_VERSION" ] \
   || { echo "cannot read pinned versions from tests/env/tools/*/go.mod" >&2; exit 1; }
 
 log() { echo "[testenv-binaries] $*" >&2; }
@@ -68,11 +72,16 @@ for p in "$hv/pkg/lint/rules" "$hv/pkg/chartutil"; do
 done
 build_go helm "$HELM_VERSION" "$helm_dir" helm.sh/helm/v3/cmd/helm "$hflags" &
 hpid=$!
+# The server command is cmd/server; its version is a package variable of the module root.
+build_go toxiproxy "$TOXIPROXY_VERSION" "$toxiproxy_dir" github.com/Shopify/toxiproxy/v2/cmd/server \
+  "-s -w -X github.com/Shopify/toxiproxy/v2.Version=$TOXIPROXY_VERSION" &
+tpid=$!
 fail=0
 wait "$kpid" || fail=1
 wait "$epid" || fail=1
 wait "$opid" || fail=1
 wait "$hpid" || fail=1
+wait "$tpid" || fail=1
 [ "$fail" = 0 ] || { echo "building the test control plane binaries failed (see above)" >&2; exit 1; }
 
 if ! command -v docker-registry >/dev/null && [ ! -x /usr/bin/docker-registry ]; then
@@ -96,4 +105,5 @@ ln -sfn "$cache/kube-apiserver-$KUBE_VERSION/kube-apiserver" "$cache/kube-apiser
 ln -sfn "$cache/etcd-$ETCD_VERSION/etcd" "$cache/etcd"
 ln -sfn "$cache/otelcol-$OTELCOL_VERSION/otelcol" "$cache/otelcol"
 ln -sfn "$cache/helm-$HELM_VERSION/helm" "$cache/helm"
+ln -sfn "$cache/toxiproxy-$TOXIPROXY_VERSION/toxiproxy" "$cache/toxiproxy"
 echo "$cache"

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
@@ -20,6 +21,8 @@ pub struct Member {
     pub hash: u64,
     /// The usable configuration, or a clear error.
     pub source: Result<(Kubeconfig, String), String>,
+    /// The kubeconfig file it comes from.
+    pub file: PathBuf,
 }
 
 /// Why a kubeconfig would run code, if it would.
@@ -48,13 +51,15 @@ pub fn runs_code(kc: &Kubeconfig, context: &str) -> Option<String> {
     None
 }
 
-/// The members one kubeconfig text defines (pure: `kc` is the parsed file, `text` its content).
+/// The members one kubeconfig text defines (pure: `file` names the file, `kc` is the parsed
+/// file, `text` its content).
 pub fn members_of(
-    stem: &str,
+    file: &Path,
     text: &str,
     kc: Result<Kubeconfig, String>,
     allow_exec: bool,
 ) -> Vec<Member> {
+    let stem = &stem(file);
     let hash_of = |ctx: &str| {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         text.hash(&mut h);
@@ -69,6 +74,7 @@ pub fn members_of(
                 name: stem.to_string(),
                 hash: hash_of(""),
                 source: Err(format!("invalid kubeconfig: {e}")),
+                file: file.to_path_buf(),
             }];
         }
     };
@@ -77,6 +83,7 @@ pub fn members_of(
             name: stem.to_string(),
             hash: hash_of(""),
             source: Err("kubeconfig has no context".into()),
+            file: file.to_path_buf(),
         }];
     }
     let single = kc.contexts.len() == 1;
@@ -98,6 +105,7 @@ pub fn members_of(
                 name,
                 hash: hash_of(&c.name),
                 source,
+                file: file.to_path_buf(),
             }
         })
         .collect()
@@ -141,6 +149,7 @@ pub fn scan(dirs: &[PathBuf], files: &[PathBuf], allow_exec: bool) -> BTreeMap<S
                         name: stem,
                         hash: 0,
                         source: Err(format!("cannot read {}: {e}", path.display())),
+                        file: path.clone(),
                     },
                 );
                 continue;
@@ -148,7 +157,7 @@ pub fn scan(dirs: &[PathBuf], files: &[PathBuf], allow_exec: bool) -> BTreeMap<S
         };
         // read_from resolves relative certificate paths against the file's folder.
         let kc = Kubeconfig::read_from(&path).map_err(|e| e.to_string());
-        for m in members_of(&stem, &text, kc, allow_exec) {
+        for m in members_of(&path, &text, kc, allow_exec) {
             out.insert(m.name.clone(), m);
         }
     }
@@ -202,6 +211,101 @@ pub async fn client_config(kc: Kubeconfig, context: &str) -> Result<kube::Config
         .map_err(|e| format!("unusable kubeconfig: {e}"))
 }
 
+/// Who serves a cluster that several members reach.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// This member serves its cluster.
+    Serve,
+    /// The named member reaches the same cluster and serves it; this one stands by.
+    DuplicateOf(String),
+}
+
+/// Decides, for every member whose cluster identity (the UID of its `kube-system` namespace) is
+/// known, whether it serves (pure). Two kubeconfigs reaching one cluster would sync each Image
+/// twice, so each identity is served once: by the member first in name order, which every replica
+/// computes alike whatever order the probes finished in. Members whose identity is not known yet
+/// (not probed, unreachable since start) get no verdict and hold back nobody.
+pub fn who_serves<'a>(
+    members: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+) -> BTreeMap<String, Verdict> {
+    let mut first: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut known: Vec<(&str, &str)> = members
+        .into_iter()
+        .filter_map(|(name, id)| id.map(|id| (name, id)))
+        .collect();
+    known.sort();
+    let mut out = BTreeMap::new();
+    for (name, id) in known {
+        let verdict = match first.get(id) {
+            Some(f) => Verdict::DuplicateOf((*f).to_string()),
+            None => {
+                first.insert(id, name);
+                Verdict::Serve
+            }
+        };
+        out.insert(name.to_string(), verdict);
+    }
+    out
+}
+
+/// Timeouts of the requests kimup makes to API servers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KubeTimeouts {
+    /// TCP connect plus TLS handshake, for every request, watches included.
+    pub connect: Duration,
+    /// Read and write timeout of every request except watches.
+    pub request: Duration,
+}
+
+impl Default for KubeTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(10),
+            request: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Whether a request to the API server is a watch: kube asks for one with `watch=true` (pure).
+pub fn is_watch(uri: &http::Uri) -> bool {
+    uri.query().is_some_and(|q| {
+        q.split('&')
+            .any(|pair| pair == "watch=true" || pair == "watch=1")
+    })
+}
+
+/// A kube client whose requests time out while its watches do not. A watch is a response that
+/// legitimately stays silent for minutes, so it cannot share a read timeout with a GET; kube's
+/// watcher ends a silent watch itself (its idle timeout, the server-side timeout plus a margin).
+/// So two connection pools sit behind one `Client`: watches go to one with only the connect
+/// timeout, everything else to one with connect, read and write timeouts. One `Client` rather
+/// than two handed around keeps every watch anyone adds (Images today, AlertConfigs or Secrets
+/// tomorrow) on the right pool without the callers having to know.
+pub fn kube_client(config: kube::Config, timeouts: KubeTimeouts) -> Result<kube::Client, String> {
+    let default_namespace = config.default_namespace.clone();
+    let mut requests = config.clone();
+    requests.connect_timeout = Some(timeouts.connect);
+    requests.read_timeout = Some(timeouts.request);
+    requests.write_timeout = Some(timeouts.request);
+    // Count the read timeout from when a request is sent, not from when its pooled connection
+    // went idle.
+    requests.reset_reader_on_write = true;
+    let mut watches = config;
+    watches.connect_timeout = Some(timeouts.connect);
+    watches.read_timeout = None;
+    let requests = kube::Client::try_from(requests).map_err(|e| format!("building client: {e}"))?;
+    let watches = kube::Client::try_from(watches).map_err(|e| format!("building client: {e}"))?;
+    let route = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+        let client = if is_watch(req.uri()) {
+            watches.clone()
+        } else {
+            requests.clone()
+        };
+        async move { client.send(req).await }
+    });
+    Ok(kube::Client::new(route, default_namespace))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,7 +337,7 @@ contexts:
 
     #[test]
     fn single_context_is_named_by_stem() {
-        let m = members_of("prod", ONE, parse(ONE), false);
+        let m = members_of(Path::new("/k/prod.yaml"), ONE, parse(ONE), false);
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].name, "prod");
         assert!(m[0].source.is_ok());
@@ -241,7 +345,7 @@ contexts:
 
     #[test]
     fn exec_is_refused_unless_allowed() {
-        let m = members_of("multi", TWO_EXEC, parse(TWO_EXEC), false);
+        let m = members_of(Path::new("/k/multi.yaml"), TWO_EXEC, parse(TWO_EXEC), false);
         let names: Vec<_> = m.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, vec!["multi/plain", "multi/eks"]);
         assert!(m[0].source.is_ok());
@@ -250,7 +354,7 @@ contexts:
             err.contains("aws") && err.contains("--allow-exec-auth"),
             "{err}"
         );
-        let allowed = members_of("multi", TWO_EXEC, parse(TWO_EXEC), true);
+        let allowed = members_of(Path::new("/k/multi.yaml"), TWO_EXEC, parse(TWO_EXEC), true);
         assert!(allowed[1].source.is_ok());
         assert_ne!(
             allowed[1].hash, m[1].hash,
@@ -260,7 +364,7 @@ contexts:
 
     #[test]
     fn garbage_is_a_clear_error() {
-        let m = members_of("broken", "{{{", parse("{{{"), false);
+        let m = members_of(Path::new("/k/broken.yaml"), "{{{", parse("{{{"), false);
         assert_eq!(m[0].name, "broken");
         assert!(
             m[0].source
@@ -269,7 +373,7 @@ contexts:
                 .contains("invalid kubeconfig")
         );
         let empty = "apiVersion: v1\nkind: Config\n";
-        let m = members_of("empty", empty, parse(empty), false);
+        let m = members_of(Path::new("/k/empty"), empty, parse(empty), false);
         assert!(
             m[0].source
                 .as_ref()
@@ -289,6 +393,7 @@ contexts:
                         name: n.to_string(),
                         hash: if *n == "b" { 2 } else { 1 },
                         source: Err(String::new()),
+                        file: PathBuf::new(),
                     },
                 )
             })
@@ -307,6 +412,72 @@ contexts:
                 stop: vec!["d".into()]
             }
         );
+    }
+
+    #[test]
+    fn each_identity_is_served_once_by_the_first_name() {
+        let v = who_serves([
+            ("cluster-1-copy", Some("uid-1")),
+            ("cluster-1", Some("uid-1")),
+            ("cluster-0", Some("uid-0")),
+            ("unprobed", None),
+            ("a-copy", Some("uid-0")),
+        ]);
+        assert_eq!(v["cluster-1"], Verdict::Serve);
+        assert_eq!(
+            v["cluster-1-copy"],
+            Verdict::DuplicateOf("cluster-1".into())
+        );
+        assert_eq!(v["a-copy"], Verdict::Serve, "name order, not arrival order");
+        assert_eq!(v["cluster-0"], Verdict::DuplicateOf("a-copy".into()));
+        assert!(!v.contains_key("unprobed"), "no identity, no verdict");
+        // The original gone, the copy serves.
+        let v = who_serves([("cluster-1-copy", Some("uid-1"))]);
+        assert_eq!(v["cluster-1-copy"], Verdict::Serve);
+        // Three reaching one cluster: the first serves, both others name it.
+        let v = who_serves([("c", Some("x")), ("b", Some("x")), ("a", Some("x"))]);
+        assert_eq!(v["a"], Verdict::Serve);
+        assert_eq!(v["b"], Verdict::DuplicateOf("a".into()));
+        assert_eq!(v["c"], Verdict::DuplicateOf("a".into()));
+    }
+
+    #[test]
+    fn watches_are_told_apart_by_their_query() {
+        let uri = |s: &str| s.parse::<http::Uri>().expect("uri");
+        assert!(is_watch(&uri(
+            "/apis/kimup.cloudavenue.io/v1alpha1/images?&watch=true&timeoutSeconds=290"
+        )));
+        assert!(is_watch(&uri("/api/v1/namespaces?watch=1")));
+        assert!(!is_watch(&uri("/api/v1/namespaces/kube-system")));
+        assert!(!is_watch(&uri(
+            "/api/v1/secrets?limit=1&fieldSelector=watch%3Dtrue"
+        )));
+        assert!(!is_watch(&uri("/api/v1/pods?watch=false")));
+    }
+
+    #[tokio::test]
+    async fn requests_time_out_on_a_silent_server() {
+        // A listener that never accepts: the kernel completes the handshake (backlog), nothing
+        // ever answers, so only the read timeout ends the request.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let config = kube::Config::new(format!("http://{addr}").parse().expect("uri"));
+        let timeouts = KubeTimeouts {
+            connect: Duration::from_secs(1),
+            request: Duration::from_millis(300),
+        };
+        let client = kube_client(config, timeouts).expect("client");
+        let started = std::time::Instant::now();
+        let err = tokio::time::timeout(Duration::from_secs(10), client.apiserver_version())
+            .await
+            .expect("the request timed out by itself")
+            .expect_err("nothing answers");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}: {err}",
+            started.elapsed()
+        );
+        drop(listener);
     }
 
     #[test]

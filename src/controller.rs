@@ -308,6 +308,7 @@ pub async fn run(
     let _ = ctx.images.set(store.clone());
     let _ = ctx.workloads.set(workload_caches);
     let pushed = pushed_images(ctx.clone(), store.clone());
+    health.set_images(&ctx.cluster, Some(store.clone()));
     // Deleted Images never reach `reconcile`: drop what the memory holds for them now and then.
     let (gc_store, ctx_for_gc) = (store.clone(), ctx.clone());
     let gc = tokio::spawn(async move {

@@ -4,21 +4,24 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::api::Image;
-use crate::clusters;
+use crate::clusters::{self, KubeTimeouts, Verdict};
 use crate::controller::{self, ClusterContext};
 use crate::leader::{self, Elector, LeaderConfig, Leadership};
 use crate::registry::{ClientSettings, RegistryClient, TagCache};
-use crate::server::{self, Health};
+use crate::server::{self, Health, Readiness};
 use crate::sync::Shared;
 
 /// Flags of `kimup run`.
@@ -66,7 +69,7 @@ pub struct RunArgs {
     /// Interval between lease attempts.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub retry_period: Duration,
-    /// Address of /metrics, /healthz and /readyz.
+    /// Address of /metrics, /healthz, /readyz, /clusters and /webhooks.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub listen_addr: SocketAddr,
     /// How long a registry tag list is reused (e.g. 60s, 5m); 0 disables the cache.
@@ -92,6 +95,22 @@ pub struct RunArgs {
     /// Images synced concurrently per cluster.
     #[arg(long, default_value_t = 16)]
     pub concurrency: u16,
+    /// Connect timeout (TCP and TLS) of requests to API servers, watches included.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub kube_connect_timeout: Duration,
+    /// Read and write timeout of requests to API servers other than watches (kube's watcher ends
+    /// a silent watch on its own).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub kube_request_timeout: Duration,
+}
+
+impl RunArgs {
+    fn kube_timeouts(&self) -> KubeTimeouts {
+        KubeTimeouts {
+            connect: self.kube_connect_timeout,
+            request: self.kube_request_timeout,
+        }
+    }
 }
 
 /// Parses `500ms`, `30s`, `5m`, `1h`, or a plain number of seconds.
@@ -134,6 +153,14 @@ pub fn validate(args: &RunArgs) -> Result<(), String> {
     }
     if args.registry_timeout.is_zero() || args.registry_timeout > Duration::from_secs(3600) {
         return Err("--registry-timeout must be between 1ms and 1h".into());
+    }
+    for (flag, d) in [
+        ("--kube-connect-timeout", args.kube_connect_timeout),
+        ("--kube-request-timeout", args.kube_request_timeout),
+    ] {
+        if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+            return Err(format!("{flag} must be between 100ms and 1h"));
+        }
     }
     if args.registry_concurrency == 0 || args.concurrency == 0 {
         return Err("--registry-concurrency and --concurrency must be at least 1".into());
@@ -181,13 +208,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
     validate(&args).map_err(|e| anyhow::anyhow!(e))?;
     let shared = shared(&args)?;
     let health = Health::default();
+    let readiness = Readiness::default();
     let shutdown = CancellationToken::new();
     let leadership = shared.leadership.clone();
 
     let listener = tokio::net::TcpListener::bind(args.listen_addr)
         .await
         .with_context(|| format!("binding --listen-addr {}", args.listen_addr))?;
-    info!(addr = %listener.local_addr()?, "serving /metrics /healthz /readyz");
+    info!(addr = %listener.local_addr()?, "serving /metrics /healthz /readyz /clusters");
     let webhook_token = args
         .webhook_token
         .clone()
@@ -201,6 +229,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         listener,
         server::ServerState {
             health: health.clone(),
+            readiness: readiness.clone(),
             shared: shared.clone(),
             leader: leadership.clone(),
             webhook_token: webhook_token.map(Arc::from),
@@ -225,8 +254,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
     };
     let election = elector.take().map(|mut e| {
         let (leadership, token) = (leadership.clone(), shutdown.clone());
+        // Dropped when the loop ends, returns or panics: /readyz then fails.
+        let alive = readiness.election_running();
         tokio::spawn(async move {
             e.run(leadership, token).await;
+            drop(alive);
             e
         })
     });
@@ -236,6 +268,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         shared.clone(),
         leadership.clone(),
         health.clone(),
+        readiness.clone(),
         shutdown.clone(),
     ));
 
@@ -276,7 +309,122 @@ async fn home_client(args: &RunArgs) -> Result<Client> {
         None => Config::incluster()
             .context("leader election needs --lease-kubeconfig or an in-cluster configuration")?,
     };
-    Client::try_from(config).context("building the home cluster client")
+    clusters::kube_client(config, args.kube_timeouts())
+        .map_err(|e| anyhow::anyhow!("building the home cluster client: {e}"))
+}
+
+/// Which member serves each cluster identity, shared by the cluster tasks of one process.
+#[derive(Clone)]
+struct Identities {
+    members: Arc<Mutex<BTreeMap<String, IdentityEntry>>>,
+    changed: Arc<watch::Sender<u64>>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct IdentityEntry {
+    /// UID of the member's `kube-system` namespace, once probed; kept while it is unreachable,
+    /// so that a blip does not hand its cluster to a duplicate and back.
+    identity: Option<String>,
+    /// Its Image controller is running.
+    active: bool,
+    /// It has been probed once (or cannot be): until then it may still claim a cluster that
+    /// members after it in name order reach.
+    probed: bool,
+    /// Where its configuration comes from, for messages.
+    source: String,
+}
+
+impl Identities {
+    fn new() -> Self {
+        Self {
+            members: Arc::default(),
+            changed: Arc::new(watch::channel(0).0),
+        }
+    }
+
+    fn edit(&self, name: &str, f: impl FnOnce(&mut IdentityEntry)) {
+        if let Ok(mut m) = self.members.lock() {
+            f(m.entry(name.to_string()).or_default());
+        }
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn set_source(&self, name: &str, source: &str) {
+        self.edit(name, |e| e.source = source.to_string());
+    }
+
+    fn record(&self, name: &str, identity: &str) {
+        self.edit(name, |e| {
+            e.identity = Some(identity.to_string());
+            e.probed = true;
+        });
+    }
+
+    fn probed(&self, name: &str) {
+        self.edit(name, |e| e.probed = true);
+    }
+
+    /// A member before `name` in name order not probed yet: its identity may turn out to be
+    /// `name`'s, and serving first would only hand the cluster over a moment later.
+    fn unprobed_before(&self, name: &str) -> Option<String> {
+        self.snapshot()
+            .into_iter()
+            .find_map(|(n, e)| (n.as_str() < name && !e.probed).then_some(n))
+    }
+
+    fn set_active(&self, name: &str, active: bool) {
+        self.edit(name, |e| e.active = active);
+    }
+
+    /// Forgets a member that was removed: a duplicate of it may now serve.
+    fn forget(&self, name: &str) {
+        if let Ok(mut m) = self.members.lock() {
+            m.remove(name);
+        }
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn snapshot(&self) -> BTreeMap<String, IdentityEntry> {
+        self.members.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// The verdict of `clusters::who_serves` for `name` (None before its identity is known).
+    fn verdict(&self, name: &str) -> Option<Verdict> {
+        let m = self.snapshot();
+        clusters::who_serves(m.iter().map(|(n, e)| (n.as_str(), e.identity.as_deref())))
+            .remove(name)
+    }
+
+    /// Another member with the same identity still runs its controller (a handover under way).
+    fn other_active(&self, name: &str, identity: &str) -> Option<String> {
+        self.snapshot().into_iter().find_map(|(n, e)| {
+            (n != name && e.active && e.identity.as_deref() == Some(identity)).then_some(n)
+        })
+    }
+
+    fn source_of(&self, name: &str) -> String {
+        self.snapshot()
+            .get(name)
+            .map(|e| e.source.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// How long a stopping Image controller may take to finish the syncs under way.
+const CONTROLLER_STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// What every cluster task of one process shares.
+#[derive(Clone)]
+struct ClusterRuntime {
+    shared: Arc<Shared>,
+    leader: Leadership,
+    health: Health,
+    identities: Identities,
+    concurrency: u16,
+    namespace: Option<String>,
+    timeouts: KubeTimeouts,
+    /// How often a duplicate re-checks whether it should serve.
+    recheck: Duration,
 }
 
 /// Keeps the running clusters equal to the members the kubeconfigs define.
@@ -285,6 +433,7 @@ async fn supervise(
     shared: Arc<Shared>,
     leader: Leadership,
     health: Health,
+    readiness: Readiness,
     shutdown: CancellationToken,
 ) {
     struct Running {
@@ -292,10 +441,21 @@ async fn supervise(
         token: CancellationToken,
         handle: tokio::task::JoinHandle<()>,
     }
+    let rt = ClusterRuntime {
+        shared,
+        leader,
+        health: health.clone(),
+        identities: Identities::new(),
+        concurrency: args.concurrency,
+        namespace: args.watch_namespace.clone(),
+        timeouts: args.kube_timeouts(),
+        recheck: args.cluster_poll_interval,
+    };
     let mut running: HashMap<String, Running> = HashMap::new();
     const IN_CLUSTER: &str = "in-cluster";
     let only_in_cluster = args.kubeconfigs.is_empty() && args.kubeconfig_dirs.is_empty();
     let in_cluster = args.serve_in_cluster || only_in_cluster;
+    let mut last_empty_warning: Option<tokio::time::Instant> = None;
     loop {
         let mut desired = if only_in_cluster {
             BTreeMap::new()
@@ -308,6 +468,20 @@ async fn supervise(
         };
         if let Some(ctx) = &args.context {
             desired.retain(|_, m| m.source.as_ref().map(|(_, c)| c == ctx).unwrap_or(true));
+        }
+        // No member is a configuration error an operator must hear about, not a reason to stop
+        // being ready: say it now and again every minute while it lasts.
+        if desired.is_empty() && !in_cluster {
+            if last_empty_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                warn!(
+                    dirs = ?args.kubeconfig_dirs,
+                    files = ?args.kubeconfigs,
+                    "no member cluster: no kubeconfig found; add kubeconfig files or use --serve-in-cluster"
+                );
+                last_empty_warning = Some(tokio::time::Instant::now());
+            }
+        } else {
+            last_empty_warning = None;
         }
         let hashes: HashMap<String, u64> = running
             .iter()
@@ -326,12 +500,16 @@ async fn supervise(
             }
             if plan.stop.contains(name) {
                 health.remove(name);
+                // Only a removal frees the identity: a restarted member keeps its claim until
+                // its new configuration has been probed.
+                rt.identities.forget(name);
             }
         }
         for name in plan.start.iter().chain(plan.restart.iter()) {
-            let (hash, config) = if name == IN_CLUSTER {
+            let (hash, source, config) = if name == IN_CLUSTER {
                 (
                     0,
+                    IN_CLUSTER.to_string(),
                     Config::incluster().map_err(|e| format!("in-cluster configuration: {e}")),
                 )
             } else {
@@ -342,25 +520,28 @@ async fn supervise(
                     Ok((kc, context)) => clusters::client_config(kc, &context).await,
                     Err(e) => Err(e),
                 };
-                (member.hash, config)
+                (member.hash, member.file.display().to_string(), config)
             };
+            health.set_source(name, &source);
+            rt.identities.set_source(name, &source);
             let token = shutdown.child_token();
             let handle = match config {
                 Ok(config) => {
-                    info!(cluster = %name, "starting cluster");
+                    info!(cluster = %name, source = %source, "starting cluster");
+                    health.set(name, Err("connecting".into()));
                     tokio::spawn(serve_cluster(
                         name.clone(),
                         config,
-                        shared.clone(),
-                        leader.clone(),
-                        health.clone(),
+                        rt.clone(),
                         token.clone(),
-                        args.concurrency,
-                        args.watch_namespace.clone(),
                     ))
                 }
                 Err(e) => {
-                    error!(cluster = %name, error = %e, "cluster configuration refused");
+                    error!(cluster = %name, source = %source, error = %e, "cluster configuration refused");
+                    // A member that cannot be used holds no claim on the cluster it reached.
+                    rt.identities.forget(name);
+                    rt.identities.set_source(name, &source);
+                    rt.identities.probed(name);
                     health.set(name, Err(e));
                     tokio::spawn(async {})
                 }
@@ -374,6 +555,7 @@ async fn supervise(
                 },
             );
         }
+        readiness.scanned();
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(args.cluster_poll_interval) => {}
@@ -385,74 +567,194 @@ async fn supervise(
     }
 }
 
-/// Serves one cluster: checks it answers and has the CRD, then runs its controller; on failure
-/// marks it down and retries with backoff, until `shutdown`.
-#[allow(clippy::too_many_arguments)]
-pub async fn serve_cluster(
+/// Serves one cluster: checks it answers, has the CRD and is not served through another member,
+/// then runs its controller; on failure marks it down and retries with backoff, until `shutdown`.
+async fn serve_cluster(
     name: String,
     config: Config,
-    shared: Arc<Shared>,
-    leader: Leadership,
-    health: Health,
+    rt: ClusterRuntime,
     shutdown: CancellationToken,
-    concurrency: u16,
-    namespace: Option<String>,
 ) {
+    let health = &rt.health;
     let mut backoff = Duration::from_secs(1);
+    let mut reported_duplicate_of: Option<String> = None;
+    let mut changes = rt.identities.changed.subscribe();
     loop {
         if shutdown.is_cancelled() {
             return;
         }
-        match probe(&config, namespace.as_deref()).await {
-            Ok(client) => {
-                health.set(&name, Ok(()));
-                info!(cluster = %name, "cluster up, starting Image controller");
-                backoff = Duration::from_secs(1);
-                let ctx = Arc::new(ClusterContext::new(
-                    &name,
-                    client,
-                    shared.clone(),
-                    leader.clone(),
-                    // Events carry the cluster name, so a central operator can tell whose they are.
-                    Some(format!("{}/{name}", leader::identity())),
-                ));
-                let token = shutdown.clone();
-                controller::run(
-                    ctx,
-                    health.clone(),
-                    namespace.as_deref(),
-                    async move { token.cancelled().await },
-                    concurrency,
-                )
-                .await;
-                if shutdown.is_cancelled() {
-                    return;
-                }
-                warn!(cluster = %name, "Image controller stopped; restarting");
-            }
+        let probed = probe(&config, rt.namespace.as_deref(), rt.timeouts).await;
+        let (client, identity) = match probed {
+            Ok(ok) => ok,
             Err(e) => {
                 error!(cluster = %name, error = %format!("{e:#}"), retry_in_s = backoff.as_secs(), "cluster down");
                 health.set(&name, Err(format!("{e:#}")));
+                rt.identities.probed(&name);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+                continue;
+            }
+        };
+        backoff = Duration::from_secs(1);
+        health.set_identity(&name, Some(identity.clone()));
+        rt.identities.record(&name, &identity);
+        changes.borrow_and_update();
+        // Members start together: let those first in name order tell who they are, so that the
+        // first start already serves each cluster through the member that will keep it.
+        while let Some(first) = rt.identities.unprobed_before(&name) {
+            health.set(
+                &name,
+                Err(format!("waiting for cluster {first} to be probed")),
+            );
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = changes.changed() => {}
             }
         }
+        if let Some(Verdict::DuplicateOf(first)) = rt.identities.verdict(&name) {
+            let reason = format!(
+                "duplicate of cluster {first}: {} and {} reach the same cluster (kube-system UID \
+                 {identity}); it is served once, through {first}; remove one of the two files",
+                rt.identities.source_of(&name),
+                rt.identities.source_of(&first),
+            );
+            if reported_duplicate_of.as_deref() != Some(first.as_str()) {
+                error!(cluster = %name, serving = %first, identity = %identity, "{reason}");
+                reported_duplicate_of = Some(first);
+            }
+            health.set(&name, Err(reason));
+            // Re-checked every poll, at once when a member comes or goes.
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(rt.recheck) => {}
+            }
+            continue;
+        }
+        if reported_duplicate_of.take().is_some() {
+            info!(cluster = %name, identity = %identity, "the member that served this cluster is gone; serving it");
+        }
+        // A member first in name order that just appeared takes a cluster over: wait until the
+        // one that served it has stopped its controller, so no Image is synced by both.
+        while let Some(other) = rt.identities.other_active(&name, &identity) {
+            health.set(&name, Err(format!("taking over from cluster {other}")));
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = changes.changed() => {}
+            }
+        }
+        health.set(&name, Ok(()));
+        info!(cluster = %name, identity = %identity, "cluster up, starting Image controller");
+        let ctx = Arc::new(ClusterContext::new(
+            &name,
+            client,
+            rt.shared.clone(),
+            rt.leader.clone(),
+            // Events carry the cluster name, so a central operator can tell whose they are.
+            Some(format!("{}/{name}", leader::identity())),
+        ));
+        // Stops on shutdown, or when a member first in name order claims the same cluster.
+        let (token, identities, me) = (shutdown.clone(), rt.identities.clone(), name.clone());
+        let mut stepped_down = rt.identities.changed.subscribe();
+        let stop = async move {
+            loop {
+                if matches!(identities.verdict(&me), Some(Verdict::DuplicateOf(_))) {
+                    return;
+                }
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    changed = stepped_down.changed() => if changed.is_err() { return },
+                }
+            }
+        };
+        let stopping = CancellationToken::new();
+        rt.identities.set_active(&name, true);
+        let run = controller::run(
+            ctx,
+            health.clone(),
+            rt.namespace.as_deref(),
+            stopping.clone().cancelled_owned(),
+            rt.concurrency,
+        );
+        tokio::pin!(run);
+        tokio::select! {
+            _ = &mut run => {}
+            _ = stop => {
+                stopping.cancel();
+                // kube's graceful shutdown lets running reconciles finish, but waits for ever for
+                // a watch cache that has not done its first list (the runner is held until the
+                // store is ready, and the stopped watch never makes it so): only a ready
+                // controller gets the grace.
+                let grace = if health.cache_ready(&name) {
+                    CONTROLLER_STOP_GRACE
+                } else {
+                    Duration::ZERO
+                };
+                if tokio::time::timeout(grace, &mut run).await.is_err() && !grace.is_zero() {
+                    warn!(cluster = %name, grace_s = grace.as_secs(), "Image controller did not stop in time; dropped");
+                }
+            }
+        }
+        health.set_images(&name, None);
+        rt.identities.set_active(&name, false);
+        if shutdown.is_cancelled() {
+            return;
+        }
+        if matches!(rt.identities.verdict(&name), Some(Verdict::DuplicateOf(_))) {
+            continue;
+        }
+        warn!(cluster = %name, "Image controller stopped; restarting");
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(60));
     }
 }
 
-/// Connects and checks that the Image CRD is served.
-async fn probe(config: &Config, namespace: Option<&str>) -> Result<Client> {
-    let client = Client::try_from(config.clone()).context("building client")?;
+/// Connects, checks that the Image CRD is served, and reads the cluster's identity: the UID of
+/// its `kube-system` namespace (as SIG-Multicluster's ClusterProperty `cluster.clusterset.k8s.io`
+/// suggests), which two kubeconfigs reaching one cluster share.
+async fn probe(
+    config: &Config,
+    namespace: Option<&str>,
+    timeouts: KubeTimeouts,
+) -> Result<(Client, String)> {
+    let client = clusters::kube_client(config.clone(), timeouts).map_err(|e| anyhow::anyhow!(e))?;
     let images: Api<Image> = match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    match images.list_metadata(&ListParams::default().limit(1)).await {
-        Ok(_) => Ok(client),
-        Err(e) => Err(anyhow::anyhow!(probe_error(&e))),
+    if let Err(e) = images.list_metadata(&ListParams::default().limit(1)).await {
+        return Err(anyhow::anyhow!(probe_error(&e)));
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let uid = match namespaces.get_metadata("kube-system").await {
+        Ok(ns) => ns.metadata.uid,
+        Err(e) => return Err(anyhow::anyhow!(identity_error(&e))),
+    };
+    match uid {
+        Some(uid) if !uid.is_empty() => Ok((client, uid)),
+        _ => Err(anyhow::anyhow!(
+            "cannot tell this cluster's identity: namespace kube-system has no UID"
+        )),
+    }
+}
+
+/// Why a cluster's identity could not be read, in the words an operator needs (pure).
+pub fn identity_error(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) if s.code == 401 || s.code == 403 => format!(
+            "cannot read this cluster's identity (namespace kube-system): credentials refused ({}); \
+             kimup needs get on namespaces: {}",
+            s.code, s.message
+        ),
+        other => format!(
+            "cannot read this cluster's identity (namespace kube-system): {}",
+            probe_error(other)
+        ),
     }
 }
 
@@ -466,8 +768,24 @@ pub fn probe_error(e: &kube::Error) -> String {
             format!("credentials refused ({}): {}", s.code, s.message)
         }
         kube::Error::Api(s) => format!("API server answered {}: {}", s.code, s.message),
-        other => format!("unreachable: {other}"),
+        other => format!("unreachable: {}", with_causes(other)),
     }
+}
+
+/// An error and its causes on one line, each cause once: hyper's own message ("client error
+/// (Connect)") says nothing of a refused connection or a timeout, its sources do (pure).
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
 }
 
 async fn wait_for_signal() {
@@ -519,5 +837,8 @@ mod tests {
         assert!(probe_error(&api(404)).contains("Image CRD"));
         assert!(probe_error(&api(403)).contains("credentials refused (403)"));
         assert!(probe_error(&api(500)).contains("answered 500"));
+        let timed_out = std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
+        let e = kube::Error::Service(Box::new(timed_out));
+        assert_eq!(probe_error(&e), "unreachable: ServiceError: timed out");
     }
 }

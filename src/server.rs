@@ -1,6 +1,8 @@
-//! HTTP endpoints: `/metrics`, `/healthz`, `/readyz` (with per-cluster detail), `/webhooks/*`.
+//! HTTP endpoints: `/metrics`, `/healthz`, `/readyz` (whether this replica can serve),
+//! `/clusters` (each member cluster's state, as JSON), `/webhooks/*`.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 
 use axum::Router;
@@ -8,24 +10,83 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::routing::{get, post};
+use chrono::{DateTime, SecondsFormat, Utc};
+use kube::runtime::reflector::Store;
+use serde::Serialize;
 use tracing::{info, warn};
 
+use crate::api::Image;
 use crate::sync::Shared;
 use crate::triggers::webhook::{Source, WebhookError, parse};
 
-/// Health of each cluster as shown by `/readyz`.
+/// What is known about one member cluster.
+#[derive(Clone)]
+struct ClusterEntry {
+    up: bool,
+    reason: Option<String>,
+    since: DateTime<Utc>,
+    identity: Option<String>,
+    source: String,
+    images: Option<Store<Image>>,
+}
+
+impl ClusterEntry {
+    fn new() -> Self {
+        Self {
+            up: false,
+            reason: Some("connecting".into()),
+            since: Utc::now(),
+            identity: None,
+            source: String::new(),
+            images: None,
+        }
+    }
+}
+
+/// One member cluster as `/clusters` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ClusterReport {
+    /// Member name (kubeconfig file stem, `/context` for multi-context files).
+    pub name: String,
+    /// Whether its Image watch runs.
+    pub up: bool,
+    /// Why it is down (or stands by), null when up.
+    pub reason: Option<String>,
+    /// When it last went up or down, RFC 3339.
+    pub since: String,
+    /// Images in its watch cache (0 while it is not watched).
+    pub images: usize,
+    /// UID of its `kube-system` namespace once probed, else null.
+    pub identity: Option<String>,
+    /// The kubeconfig file it comes from (`in-cluster` for the cluster kimup runs in).
+    pub source: String,
+}
+
+/// State of each member cluster: `kimup_cluster_up`, `/clusters` and the logs tell it; `/readyz`
+/// does not depend on it.
 #[derive(Clone, Default)]
 pub struct Health {
-    clusters: Arc<RwLock<BTreeMap<String, Result<(), String>>>>,
+    clusters: Arc<RwLock<BTreeMap<String, ClusterEntry>>>,
 }
 
 impl Health {
+    fn update(&self, cluster: &str, f: impl FnOnce(&mut ClusterEntry)) {
+        if let Ok(mut m) = self.clusters.write() {
+            f(m.entry(cluster.to_string())
+                .or_insert_with(ClusterEntry::new));
+        }
+    }
+
     /// Marks a cluster up, or down with a reason.
     pub fn set(&self, cluster: &str, state: Result<(), String>) {
         crate::metrics::cluster_up(cluster, state.is_ok());
-        if let Ok(mut m) = self.clusters.write() {
-            m.insert(cluster.to_string(), state);
-        }
+        self.update(cluster, |e| {
+            if e.up != state.is_ok() {
+                e.since = Utc::now();
+            }
+            e.up = state.is_ok();
+            e.reason = state.err();
+        });
     }
 
     /// As `set`, but takes the write lock only when the state changes (called per reconcile).
@@ -33,11 +94,42 @@ impl Health {
         let same = self
             .clusters
             .read()
-            .map(|m| m.get(cluster) == Some(&state))
+            .map(|m| {
+                m.get(cluster).is_some_and(|e| {
+                    e.up == state.is_ok() && e.reason == state.as_ref().err().cloned()
+                })
+            })
             .unwrap_or(false);
         if !same {
             self.set(cluster, state);
         }
+    }
+
+    /// Records where a cluster's configuration comes from (a kubeconfig file, `in-cluster`).
+    pub fn set_source(&self, cluster: &str, source: &str) {
+        self.update(cluster, |e| e.source = source.to_string());
+    }
+
+    /// Records a cluster's identity (UID of its `kube-system` namespace).
+    pub fn set_identity(&self, cluster: &str, identity: Option<String>) {
+        self.update(cluster, |e| e.identity = identity);
+    }
+
+    /// Records the watch cache of a cluster's Images (None once its controller stopped).
+    pub fn set_images(&self, cluster: &str, store: Option<Store<Image>>) {
+        self.update(cluster, |e| e.images = store);
+    }
+
+    /// Whether a cluster's watch cache has done its first list.
+    pub fn cache_ready(&self, cluster: &str) -> bool {
+        let store = self
+            .clusters
+            .read()
+            .ok()
+            .and_then(|m| m.get(cluster).and_then(|e| e.images.clone()));
+        store.is_some_and(|s| {
+            futures::FutureExt::now_or_never(s.wait_until_ready()).is_some_and(|r| r.is_ok())
+        })
     }
 
     /// Forgets a removed cluster.
@@ -47,35 +139,94 @@ impl Health {
         }
     }
 
-    /// `(all up, one line per cluster)`.
-    pub fn report(&self) -> (bool, String) {
+    /// Every member cluster, by name.
+    pub fn clusters(&self) -> Vec<ClusterReport> {
         let m = match self.clusters.read() {
             Ok(m) => m.clone(),
             Err(p) => p.into_inner().clone(),
         };
-        let mut ok = !m.is_empty();
-        let mut out = String::new();
-        for (name, state) in &m {
-            match state {
-                Ok(()) => out.push_str(&format!("[+]cluster {name} ok\n")),
-                Err(e) => {
-                    ok = false;
-                    out.push_str(&format!("[-]cluster {name} down: {e}\n"));
-                }
+        m.into_iter()
+            .map(|(name, e)| ClusterReport {
+                name,
+                up: e.up,
+                reason: e.reason,
+                since: e.since.to_rfc3339_opts(SecondsFormat::Secs, true),
+                images: e.images.map(|s| s.state().len()).unwrap_or(0),
+                identity: e.identity,
+                source: e.source,
+            })
+            .collect()
+    }
+}
+
+/// The election loop's state as `/readyz` sees it; 0 (the default) is "no election".
+const ELECTION_RUNNING: u8 = 1;
+const ELECTION_STOPPED: u8 = 2;
+
+/// Whether this replica can serve: what `/readyz` answers. Remote clusters play no part: one bad
+/// kubeconfig must not take every replica out of the Service.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    scanned: Arc<AtomicBool>,
+    election: Arc<AtomicU8>,
+}
+
+/// Marks the election loop stopped when dropped, so a loop that panics is seen too.
+pub struct ElectionAlive(Readiness);
+
+impl Drop for ElectionAlive {
+    fn drop(&mut self) {
+        self.0.election.store(ELECTION_STOPPED, Ordering::SeqCst);
+    }
+}
+
+impl Readiness {
+    /// The supervisor has read the kubeconfigs once and started (or refused) every member.
+    pub fn scanned(&self) {
+        self.scanned.store(true, Ordering::SeqCst);
+    }
+
+    /// The election loop runs until the returned guard is dropped.
+    pub fn election_running(&self) -> ElectionAlive {
+        self.election.store(ELECTION_RUNNING, Ordering::SeqCst);
+        ElectionAlive(self.clone())
+    }
+
+    /// `(ready, one line per check)`, in the API server's `[+]name ok` style.
+    pub fn report(&self) -> (bool, String) {
+        let scanned = self.scanned.load(Ordering::SeqCst);
+        let election = self.election.load(Ordering::SeqCst);
+        let mut out = String::from("[+]http ok\n");
+        match election {
+            ELECTION_RUNNING => out.push_str("[+]leader-election ok\n"),
+            ELECTION_STOPPED => {
+                out.push_str("[-]leader-election failed: the election loop stopped\n")
             }
+            // ELECTION_OFF: no election, every replica acts.
+            _ => {}
         }
-        if m.is_empty() {
-            out.push_str("[-]no cluster configured\n");
+        if scanned {
+            out.push_str("[+]cluster-supervisor ok\n");
+        } else {
+            out.push_str("[-]cluster-supervisor failed: kubeconfigs not read yet\n");
         }
-        (ok, out)
+        let ready = scanned && election != ELECTION_STOPPED;
+        out.push_str(if ready {
+            "readyz check passed (member clusters: see /clusters)\n"
+        } else {
+            "readyz check failed\n"
+        });
+        (ready, out)
     }
 }
 
 /// What the endpoints need.
 #[derive(Clone)]
 pub struct ServerState {
-    /// Per-cluster health.
+    /// Per-cluster state, for `/clusters`.
     pub health: Health,
+    /// Whether this replica can serve, for `/readyz`.
+    pub readiness: Readiness,
     /// The tag cache and the push fan-out.
     pub shared: Arc<Shared>,
     /// Whether this replica may act (webhooks are answered 503 on a standby).
@@ -93,6 +244,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: ServerState) -> std
         .route("/metrics", get(|| async { crate::metrics::encode() }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/clusters", get(clusters))
         .route("/webhooks/{source}", post(webhook))
         .layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT))
         .with_state(state);
@@ -100,7 +252,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: ServerState) -> std
 }
 
 async fn readyz(State(state): State<ServerState>) -> (StatusCode, String) {
-    let (ok, text) = state.health.report();
+    let (ok, text) = state.readiness.report();
     (
         if ok {
             StatusCode::OK
@@ -109,6 +261,10 @@ async fn readyz(State(state): State<ServerState>) -> (StatusCode, String) {
         },
         text,
     )
+}
+
+async fn clusters(State(state): State<ServerState>) -> axum::Json<Vec<ClusterReport>> {
+    axum::Json(state.health.clusters())
 }
 
 /// Whether the request carries the token, as a bearer header or a `token` query parameter (some
@@ -204,6 +360,55 @@ async fn webhook(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readiness_ignores_member_clusters() {
+        let r = Readiness::default();
+        let (ready, text) = r.report();
+        assert!(!ready, "not ready before the first scan: {text}");
+        assert!(text.contains("[-]cluster-supervisor"), "{text}");
+        r.scanned();
+        let (ready, text) = r.report();
+        assert!(ready, "{text}");
+        assert!(!text.contains("leader-election"), "{text}");
+        let guard = r.election_running();
+        assert!(r.report().0);
+        assert!(r.report().1.contains("[+]leader-election ok"));
+        drop(guard);
+        let (ready, text) = r.report();
+        assert!(!ready, "a stopped election loop is not ready: {text}");
+        assert!(text.contains("[-]leader-election failed"), "{text}");
+    }
+
+    #[test]
+    fn cluster_states_keep_since_until_up_flips() {
+        let h = Health::default();
+        h.set_source("east", "/k/east.yaml");
+        let starting = h.clusters();
+        assert_eq!(starting.len(), 1);
+        assert!(!starting[0].up);
+        assert_eq!(starting[0].reason.as_deref(), Some("connecting"));
+        h.set("east", Err("unreachable: refused".into()));
+        let since = h.clusters()[0].since.clone();
+        h.set_if_changed("east", Err("unreachable: timed out".into()));
+        let down = &h.clusters()[0];
+        assert_eq!(down.reason.as_deref(), Some("unreachable: timed out"));
+        assert_eq!(down.since, since, "still down: same since");
+        h.set("east", Ok(()));
+        h.set_identity("east", Some("uid-1".into()));
+        let up = &h.clusters()[0];
+        assert!(up.up && up.reason.is_none());
+        assert_eq!(up.identity.as_deref(), Some("uid-1"));
+        assert_eq!(up.source, "/k/east.yaml");
+        assert_eq!(up.images, 0, "no watch cache yet");
+        assert!(
+            DateTime::parse_from_rfc3339(&up.since).is_ok(),
+            "{}",
+            up.since
+        );
+        h.remove("east");
+        assert!(h.clusters().is_empty());
+    }
 
     #[test]
     fn webhook_tokens() {

@@ -13,9 +13,11 @@ use common::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
 use kimup::api::{AlertConfig, Image, SyncResult};
+use kimup_testenv::httpfault::{FaultPlan, HttpFault, HttpFaultProxy};
+use kimup_testenv::toxiproxy::{Proxy, Toxic};
 use kimup_testenv::{HttpSink, TestEnv};
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 
 const NS: &str = "faults";
 const REPO: &str = "faults/web";
@@ -29,24 +31,52 @@ struct Fleet {
     kimup: Option<Kimup>,
     /// The image reference Images and Deployments use (the registry, or a proxy in front of it).
     image_ref: String,
+    /// kimup -> HTTP fault proxy -> Toxiproxy -> registry, with [`Proxies::Registry`].
+    fault: Option<HttpFaultProxy>,
+    registry_proxy: Option<Proxy>,
+    /// kimup -> Toxiproxy -> cluster-1's API server, as user `kimup`, with [`Proxies::ApiServer`].
+    kube_proxy: Option<Proxy>,
+}
+
+/// Where a scenario puts proxies.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Proxies {
+    None,
+    Registry,
+    ApiServer,
 }
 
 impl Fleet {
-    async fn start(name: &str, registry_host: Option<&str>) -> Self {
-        let env = TestEnv::builder()
+    async fn start(name: &str, proxies: Proxies) -> Self {
+        let mut builder = TestEnv::builder()
             .name(name)
             .clusters(2)
             .registries()
-            .kimup_crds()
-            .start()
-            .await
-            .expect("test environment starts");
+            .kimup_crds();
+        if proxies != Proxies::None {
+            builder = builder.toxiproxy();
+        }
+        let env = builder.start().await.expect("test environment starts");
         let sink = HttpSink::start().await.expect("alert receiver");
         let reg = env.plain_registry();
         reg.push_tags(REPO, &["1.0.0", "1.1.0"])
             .await
             .expect("push");
-        let host = registry_host.unwrap_or(&reg.host).to_string();
+        let (mut fault, mut registry_proxy) = (None, None);
+        let mut host = reg.host.clone();
+        if proxies == Proxies::Registry {
+            let p = env
+                .toxiproxy()
+                .proxy("registry", &reg.host)
+                .await
+                .expect("registry proxy");
+            let h = HttpFaultProxy::start(&format!("http://{}", p.listen))
+                .await
+                .expect("fault proxy");
+            host = h.host.clone();
+            registry_proxy = Some(p);
+            fault = Some(h);
+        }
         let image_ref = format!("{host}/{REPO}");
         for (i, c) in env.clusters.iter().enumerate() {
             let client = c.client().await.expect("client");
@@ -84,13 +114,59 @@ impl Fleet {
         }
         let kubeconfigs = env.run_dir.join("kubeconfigs");
         env.write_kubeconfigs(&kubeconfigs).expect("kubeconfigs");
+        let mut kube_proxy = None;
+        if proxies == Proxies::ApiServer {
+            // kimup reaches cluster-1 through Toxiproxy as user `kimup`, outside system:masters,
+            // so that the API server's Priority & Fairness applies to it.
+            let c = &env.clusters[1];
+            let admin = c.client().await.expect("admin client");
+            let binding: k8s_openapi::api::rbac::v1::ClusterRoleBinding =
+                serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": "kimup-test"},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+                    "subjects": [{"kind": "User", "name": "kimup", "apiGroup": "rbac.authorization.k8s.io"}]
+                }))
+                .expect("binding");
+            Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(admin)
+                .create(&PostParams::default(), &binding)
+                .await
+                .expect("bind kimup");
+            let p = env
+                .toxiproxy()
+                .proxy("kube-1", c.url.trim_start_matches("https://"))
+                .await
+                .expect("API server proxy");
+            let yaml = c
+                .kubeconfig_for("kimup", "kimup-testers")
+                .expect("kubeconfig");
+            write_file(
+                &kubeconfigs.join("cluster-1.yaml"),
+                &p.kubeconfig(&yaml).expect("proxied kubeconfig"),
+            );
+            kube_proxy = Some(p);
+        }
         Self {
             env,
             sink,
             kubeconfigs,
             kimup: None,
             image_ref,
+            fault,
+            registry_proxy,
+            kube_proxy,
         }
+    }
+
+    /// A client of cluster `i` as kimup reaches it (its kubeconfig in the folder).
+    async fn kimup_client(&self, i: usize) -> Client {
+        let yaml = std::fs::read_to_string(self.kubeconfigs.join(format!("cluster-{i}.yaml")))
+            .expect("kubeconfig");
+        let kc = kube::config::Kubeconfig::from_yaml(&yaml).expect("kubeconfig yaml");
+        let config =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .expect("config");
+        Client::try_from(config).expect("client")
     }
 
     /// Starts kimup over the kubeconfig folder.
@@ -122,7 +198,7 @@ impl Fleet {
         let started = Instant::now();
         let deadline = started + within;
         let want = format!("{}:{tag}", self.image_ref);
-        let mut last = String::new();
+        let mut last;
         loop {
             match self.state(i).await {
                 Ok((status_tag, result, up, total, image)) => {
@@ -154,7 +230,9 @@ impl Fleet {
         i: usize,
     ) -> anyhow::Result<(Option<String>, Option<SyncResult>, u32, u32, String)> {
         let client = short_client(&self.env.clusters[i]).await?;
-        let img = Api::<Image>::namespaced(client.clone(), NS).get("web").await?;
+        let img = Api::<Image>::namespaced(client.clone(), NS)
+            .get("web")
+            .await?;
         let d = Api::<Deployment>::namespaced(client, NS).get("web").await?;
         let image = d
             .spec
@@ -240,15 +318,6 @@ async fn short_client(c: &kimup_testenv::Cluster) -> anyhow::Result<Client> {
     Ok(Client::try_from(config)?)
 }
 
-fn signal(pid: u32, sig: &str) {
-    let status = std::process::Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill -{sig} {pid}");
-}
-
 fn write_file(path: &Path, content: &str) {
     // Write then rename, as a Secret volume update does: kimup never reads half a file.
     let tmp = path.with_extension("tmp");
@@ -258,7 +327,7 @@ fn write_file(path: &Path, content: &str) {
 
 #[tokio::test]
 async fn a_member_api_server_killed_mid_sync_then_restarted() {
-    let mut f = Fleet::start("fault-apiserver", None).await;
+    let mut f = Fleet::start("fault-apiserver", Proxies::None).await;
     f.start_kimup(&[]);
     f.assert_final("1.1.0", &["1.1.0"]).await;
     let before = f.listings();
@@ -286,7 +355,7 @@ async fn a_member_api_server_killed_mid_sync_then_restarted() {
 
 #[tokio::test]
 async fn etcd_stopped_then_restarted() {
-    let mut f = Fleet::start("fault-etcd", None).await;
+    let mut f = Fleet::start("fault-etcd", Proxies::None).await;
     f.start_kimup(&[]);
     f.assert_final("1.1.0", &["1.1.0"]).await;
     let etcd = f.env.etcd.as_mut().expect("etcd");
@@ -300,7 +369,8 @@ async fn etcd_stopped_then_restarted() {
         .expect("push");
     // kimup syncs during the outage: it lists the registry, picks 1.2.0, may alert, and cannot
     // write the workload or the status. What it learned must survive until etcd is back.
-    f.wait_listings(before, 2, "syncs during the etcd outage").await;
+    f.wait_listings(before, 2, "syncs during the etcd outage")
+        .await;
     f.env
         .etcd
         .as_mut()
@@ -323,7 +393,7 @@ async fn etcd_stopped_then_restarted() {
 
 #[tokio::test]
 async fn the_registry_down_then_back() {
-    let mut f = Fleet::start("fault-registry", None).await;
+    let mut f = Fleet::start("fault-registry", Proxies::None).await;
     f.start_kimup(&[]);
     f.assert_final("1.1.0", &["1.1.0"]).await;
     f.env.registries[0].kill();
@@ -347,7 +417,10 @@ async fn the_registry_down_then_back() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    f.env.registries[0].restart().await.expect("restart registry");
+    f.env.registries[0]
+        .restart()
+        .await
+        .expect("restart registry");
     let back = Instant::now();
     f.env
         .plain_registry()
@@ -368,12 +441,15 @@ async fn the_registry_down_then_back() {
 
 #[tokio::test]
 async fn a_kubeconfig_replaced_by_garbage_then_fixed() {
-    let mut f = Fleet::start("fault-kubeconfig", None).await;
+    let mut f = Fleet::start("fault-kubeconfig", Proxies::None).await;
     f.start_kimup(&[]);
     f.assert_final("1.1.0", &["1.1.0"]).await;
     let file = f.kubeconfigs.join("cluster-1.yaml");
     let good = std::fs::read_to_string(&file).expect("kubeconfig");
-    write_file(&file, "apiVersion: v1\nkind: Config\nclusters: [{{{ not yaml");
+    write_file(
+        &file,
+        "apiVersion: v1\nkind: Config\nclusters: [{{{ not yaml",
+    );
     let broken = Instant::now();
     f.env
         .plain_registry()
@@ -395,29 +471,250 @@ async fn a_kubeconfig_replaced_by_garbage_then_fixed() {
 
 #[tokio::test]
 async fn one_cluster_added_twice_is_served_once() {
-    let mut f = Fleet::start("fault-duplicate", None).await;
-    // A copy of cluster-0's kubeconfig under another name, before and during the run.
+    let mut f = Fleet::start("fault-duplicate", Proxies::None).await;
+    // A copy of cluster-0's kubeconfig under another name: two members, one cluster.
     let original = f.kubeconfigs.join("cluster-0.yaml");
     let copy = f.kubeconfigs.join("cluster-0-again.yaml");
     std::fs::copy(&original, &copy).expect("copy kubeconfig");
     f.start_kimup(&[]);
-    f.assert_final("1.1.0", &["1.1.0"]).await;
+    let mut alerted = vec!["1.1.0"];
+    f.assert_final("1.1.0", &alerted).await;
     for tag in ["1.2.0", "1.3.0"] {
         f.env
             .plain_registry()
             .push_tags(REPO, &[tag])
             .await
             .expect("push");
-        f.assert_final(tag, &[]).await.ok_or_skip();
+        alerted.push(tag);
+        // Two controllers on cluster-0 would each alert: exactly once rules that out.
+        f.assert_final(tag, &alerted).await;
     }
-    f.assert_final("1.3.0", &["1.1.0", "1.2.0", "1.3.0"]).await;
     let log = std::fs::read_to_string(f.log()).unwrap_or_default();
     assert!(
-        log.contains("cluster-0-again") && log.contains("cluster-0.yaml"),
-        "the duplicate is reported naming both files"
+        log.contains("cluster-0-again.yaml") && log.contains("cluster-0.yaml"),
+        "the duplicate is reported naming both files; log {}",
+        f.log()
     );
-    // The kimup log names the duplicate with both files; and a write by a second controller would
-    // have sent every alert twice, which assert_final rules out.
-    let _ = Patch::<()>::Merge(());
-    let _ = PatchParams::default();
+}
+
+/// Waits until `check` holds, at most `within`, naming `what` on time-out.
+async fn wait_for<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn registry_latency_resets_429_and_503() {
+    let mut f = Fleet::start("fault-registry-net", Proxies::Registry).await;
+    let fault = f.fault.take().expect("fault proxy");
+    let proxy = f.registry_proxy.clone().expect("toxiproxy");
+    f.start_kimup(&[format!("--insecure-registry={}", fault.host)]);
+    let mut alerted = vec!["1.1.0"];
+    f.assert_final("1.1.0", &alerted).await;
+    let push = |tag: &'static str| {
+        let reg = f.env.plain_registry();
+        async move { reg.push_tags(REPO, &[tag]).await.expect("push") }
+    };
+
+    // Slow: 1.5 s each way on every registry connection.
+    proxy
+        .add_toxic(&Toxic::latency(Duration::from_millis(1500)))
+        .await
+        .expect("latency");
+    push("1.2.0").await;
+    alerted.push("1.2.0");
+    let started = Instant::now();
+    f.assert_final("1.2.0", &alerted).await;
+    println!(
+        "fault registry-slow: converged {:.2} s after the push",
+        started.elapsed().as_secs_f64()
+    );
+    proxy.clear_toxics().await.expect("clear");
+
+    // Reset connections: every sync fails with RegistryError, workloads stay on their tag.
+    proxy
+        .add_toxic(&Toxic::reset_peer(Duration::ZERO))
+        .await
+        .expect("reset");
+    push("1.3.0").await;
+    for i in 0..2 {
+        wait_for(&format!("cluster-{i} RegistryError while resetting"), Duration::from_secs(60), || async {
+            matches!(f.state(i).await, Ok((Some(t), Some(SyncResult::RegistryError), 1, 1, _)) if t == "1.2.0")
+        })
+        .await;
+    }
+    proxy.clear_toxics().await.expect("clear");
+    let started = Instant::now();
+    alerted.push("1.3.0");
+    f.assert_final("1.3.0", &alerted).await;
+    println!(
+        "fault registry-reset: converged {:.2} s after the resets stopped",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Throttled: 429 with Retry-After on tag listings, then 503 for 4 s.
+    fault.set(
+        FaultPlan::new(HttpFault::too_many_requests(Some("1")))
+            .times(4)
+            .on_paths_containing("/tags/list"),
+    );
+    push("1.4.0").await;
+    alerted.push("1.4.0");
+    let started = Instant::now();
+    f.assert_final("1.4.0", &alerted).await;
+    println!(
+        "fault registry-429: converged {:.2} s after the push ({} answers faulted)",
+        started.elapsed().as_secs_f64(),
+        fault.stats().faulted
+    );
+    fault.set(
+        FaultPlan::new(HttpFault::service_unavailable(None)).for_period(Duration::from_secs(4)),
+    );
+    push("1.5.0").await;
+    alerted.push("1.5.0");
+    let started = Instant::now();
+    f.assert_final("1.5.0", &alerted).await;
+    println!(
+        "fault registry-503: converged {:.2} s after the push (503 for 4 s)",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        fault.stats().faulted >= 4,
+        "faults were served: {:?}",
+        fault.stats()
+    );
+}
+
+#[tokio::test]
+async fn api_server_latency_resets_silence_and_429() {
+    let mut f = Fleet::start("fault-apiserver-net", Proxies::ApiServer).await;
+    let proxy = f.kube_proxy.clone().expect("toxiproxy");
+    f.start_kimup(&[]);
+    let mut alerted = vec!["1.1.0"];
+    f.assert_final("1.1.0", &alerted).await;
+    let push = |tag: &'static str| {
+        let reg = f.env.plain_registry();
+        async move { reg.push_tags(REPO, &[tag]).await.expect("push") }
+    };
+
+    // Slow: 1 s each way between kimup and cluster-1.
+    proxy
+        .add_toxic(&Toxic::latency(Duration::from_secs(1)))
+        .await
+        .expect("latency");
+    push("1.2.0").await;
+    alerted.push("1.2.0");
+    let started = Instant::now();
+    f.assert_final("1.2.0", &alerted).await;
+    println!(
+        "fault apiserver-slow: converged {:.2} s after the push",
+        started.elapsed().as_secs_f64()
+    );
+    proxy.clear_toxics().await.expect("clear");
+
+    // Reset connections, then silence (connections accepted, nothing answered): cluster-0 goes on.
+    for (label, toxic) in [
+        ("reset", Toxic::reset_peer(Duration::ZERO)),
+        ("silent", Toxic::timeout(Duration::ZERO)),
+    ] {
+        proxy.add_toxic(&toxic).await.expect("toxic");
+        let tag: &'static str = if label == "reset" { "1.3.0" } else { "1.4.0" };
+        push(tag).await;
+        f.wait_converged(0, tag, Duration::from_secs(60)).await;
+        proxy.clear_toxics().await.expect("clear");
+        let started = Instant::now();
+        alerted.push(tag);
+        f.assert_final(tag, &alerted).await;
+        println!(
+            "fault apiserver-{label}: converged {:.2} s after the fault ended",
+            started.elapsed().as_secs_f64()
+        );
+    }
+
+    // Throttled by the API server itself: a Priority & Fairness level that rejects every request
+    // of kimup's identity with 429.
+    let admin = f.env.clusters[1].client().await.expect("admin client");
+    throttle(&admin, true).await;
+    let as_kimup = f.kimup_client(1).await;
+    wait_for(
+        "the API server answers kimup 429",
+        Duration::from_secs(30),
+        || {
+            let c = as_kimup.clone();
+            async move {
+                matches!(
+                    Api::<Image>::namespaced(c, NS).get("web").await,
+                    Err(kube::Error::Api(e)) if e.code == 429
+                )
+            }
+        },
+    )
+    .await;
+    push("1.5.0").await;
+    f.wait_converged(0, "1.5.0", Duration::from_secs(60)).await;
+    throttle(&admin, false).await;
+    let started = Instant::now();
+    alerted.push("1.5.0");
+    f.assert_final("1.5.0", &alerted).await;
+    println!(
+        "fault apiserver-429: converged {:.2} s after the throttle was lifted",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Creates (or deletes) a FlowSchema sending every request of user `kimup` to a priority level
+/// with no concurrency at all, which the API server answers with 429.
+async fn throttle(admin: &Client, on: bool) {
+    use kube::api::{DeleteParams, DynamicObject, GroupVersionKind};
+    use kube::discovery::ApiResource;
+    let gvk = |kind: &str| GroupVersionKind::gvk("flowcontrol.apiserver.k8s.io", "v1", kind);
+    let pl = ApiResource::from_gvk_with_plural(
+        &gvk("PriorityLevelConfiguration"),
+        "prioritylevelconfigurations",
+    );
+    let fs = ApiResource::from_gvk_with_plural(&gvk("FlowSchema"), "flowschemas");
+    let pls = Api::<DynamicObject>::all_with(admin.clone(), &pl);
+    let fss = Api::<DynamicObject>::all_with(admin.clone(), &fs);
+    if !on {
+        fss.delete("kimup-starved", &DeleteParams::default())
+            .await
+            .expect("delete FlowSchema");
+        return;
+    }
+    let level: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "PriorityLevelConfiguration",
+        "metadata": {"name": "kimup-starved"},
+        "spec": {"type": "Limited", "limited": {
+            "nominalConcurrencyShares": 0, "lendablePercent": 0, "borrowingLimitPercent": 0,
+            "limitResponse": {"type": "Reject"}
+        }}
+    }))
+    .expect("priority level");
+    pls.create(&PostParams::default(), &level)
+        .await
+        .expect("create priority level");
+    let schema: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "FlowSchema",
+        "metadata": {"name": "kimup-starved"},
+        "spec": {
+            "priorityLevelConfiguration": {"name": "kimup-starved"},
+            "matchingPrecedence": 100,
+            "rules": [{
+                "subjects": [{"kind": "User", "user": {"name": "kimup"}}],
+                "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"], "namespaces": ["*"], "clusterScope": true}],
+                "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}]
+            }]
+        }
+    }))
+    .expect("flow schema");
+    fss.create(&PostParams::default(), &schema)
+        .await
+        .expect("create FlowSchema");
 }

@@ -1,8 +1,12 @@
-//! The test control plane itself: three real API servers over etcd, two real registries.
+//! The test control plane itself: three real API servers over etcd, two real registries, and the
+//! fault injectors (Toxiproxy for TCP, the HTTP fault proxy for 429/503).
 
 use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kimup_testenv::httpfault::{FaultPlan, HttpFault, HttpFaultProxy};
+use kimup_testenv::process::wait_until;
+use kimup_testenv::toxiproxy::Toxic;
 use kimup_testenv::{TestEnv, shared};
 use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::discovery::ApiResource;
@@ -37,6 +41,7 @@ fn env() -> &'static TestEnv {
             .name("testenv")
             .clusters(3)
             .registries()
+            .toxiproxy()
             .crds(vec![widget_crd()])
     })
     .expect("test environment starts")
@@ -233,4 +238,208 @@ async fn killed_api_server_restarts_with_same_address() {
     assert_eq!(env.clusters[0].url, url);
     let client = env.clusters[0].client().await.expect("client");
     client.apiserver_version().await.expect("back up");
+}
+
+/// A tag listing through `addr` (a proxy in front of the plain registry), with a client that
+/// gives up after `timeout`: the status, or the error text.
+async fn list_tags_via(addr: &str, repo: &str, timeout: Duration) -> Result<u16, String> {
+    let http = reqwest::Client::builder()
+        .timeout(timeout)
+        .pool_max_idle_per_host(0)
+        .build()
+        .map_err(|e| e.to_string())?;
+    http.get(format!("http://{addr}/v2/{repo}/tags/list"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .map_err(|e| format!("{e:?}"))
+}
+
+#[tokio::test]
+async fn toxiproxy_breaks_and_heals_a_registry_link() {
+    let env = env();
+    let reg = env.plain_registry();
+    reg.push_tags("testenv/toxic", &["1.0.0"])
+        .await
+        .expect("push");
+    let proxy = env
+        .toxiproxy()
+        .proxy("registry-link", &reg.host)
+        .await
+        .expect("proxy");
+    let repo = "testenv/toxic";
+    let quick = Duration::from_secs(5);
+    assert_eq!(list_tags_via(&proxy.listen, repo, quick).await, Ok(200));
+
+    // Connections reset: the listing fails; the toxic removed, it works again.
+    let reset = proxy
+        .add_toxic(&Toxic::reset_peer(Duration::ZERO))
+        .await
+        .expect("reset_peer");
+    assert_eq!(proxy.toxics().await.expect("list"), vec![reset.clone()]);
+    let err = list_tags_via(&proxy.listen, repo, quick)
+        .await
+        .expect_err("a reset connection fails");
+    assert!(
+        err.to_lowercase().contains("reset") || err.contains("connection closed"),
+        "{err}"
+    );
+    proxy.remove_toxic(&reset).await.expect("remove");
+    assert_eq!(list_tags_via(&proxy.listen, repo, quick).await, Ok(200));
+
+    // Latency on the responses: the listing takes at least that long.
+    let latency = proxy
+        .add_toxic(&Toxic::latency(Duration::from_millis(600)))
+        .await
+        .expect("latency");
+    let started = std::time::Instant::now();
+    assert_eq!(list_tags_via(&proxy.listen, repo, quick).await, Ok(200));
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        started.elapsed()
+    );
+    proxy.remove_toxic(&latency).await.expect("remove");
+
+    // Data held: a client with a deadline times out.
+    proxy
+        .add_toxic(&Toxic::timeout(Duration::ZERO))
+        .await
+        .expect("timeout");
+    let err = list_tags_via(&proxy.listen, repo, Duration::from_secs(1))
+        .await
+        .expect_err("held data times out");
+    assert!(
+        err.to_lowercase().contains("timed out") || err.contains("TimedOut"),
+        "{err}"
+    );
+    proxy.clear_toxics().await.expect("clear");
+
+    // The response cut after a few bytes, or slowed to 1 KB/s: the first fails, the second works.
+    proxy
+        .add_toxic(&Toxic::limit_data(20))
+        .await
+        .expect("limit_data");
+    assert!(list_tags_via(&proxy.listen, repo, quick).await.is_err());
+    proxy.clear_toxics().await.expect("clear");
+    proxy
+        .add_toxic(&Toxic::bandwidth(1).upstream())
+        .await
+        .expect("bandwidth");
+    assert_eq!(list_tags_via(&proxy.listen, repo, quick).await, Ok(200));
+    proxy.clear_toxics().await.expect("clear");
+
+    // Disabled: connections refused; enabled again on the same address.
+    proxy.set_enabled(false).await.expect("disable");
+    assert!(!proxy.enabled().await.expect("state"));
+    let err = list_tags_via(&proxy.listen, repo, quick)
+        .await
+        .expect_err("a disabled proxy refuses");
+    assert!(err.to_lowercase().contains("refused"), "{err}");
+    proxy.set_enabled(true).await.expect("enable");
+    assert_eq!(list_tags_via(&proxy.listen, repo, quick).await, Ok(200));
+    proxy.delete().await.expect("delete");
+}
+
+#[tokio::test]
+async fn toxiproxy_carries_an_api_server_connection() {
+    let env = env();
+    let cluster = &env.clusters[2];
+    let proxy = env
+        .toxiproxy()
+        .proxy("apiserver-link", cluster.url.trim_start_matches("https://"))
+        .await
+        .expect("proxy");
+    let kubeconfig = proxy
+        .kubeconfig(&cluster.kubeconfig_yaml)
+        .expect("kubeconfig");
+    let kc = kube::config::Kubeconfig::from_yaml(&kubeconfig).expect("parse");
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("config");
+    assert!(config.cluster_url.to_string().contains(&proxy.listen));
+    let client = kube::Client::try_from(config).expect("client");
+    let version = client.apiserver_version().await.expect("through the proxy");
+    assert_eq!(version.git_version, "v1.36.3");
+    proxy.set_enabled(false).await.expect("disable");
+    let down = tokio::time::timeout(Duration::from_secs(10), client.apiserver_version()).await;
+    assert!(
+        matches!(down, Ok(Err(_))),
+        "the API server is out of reach while the proxy is down: {down:?}"
+    );
+    proxy.delete().await.expect("delete");
+}
+
+#[tokio::test]
+async fn http_fault_proxy_answers_429_and_503_then_forwards() {
+    let env = env();
+    let reg = env.plain_registry();
+    reg.push_tags("testenv/limited", &["1.0.0", "1.1.0"])
+        .await
+        .expect("push");
+    let proxy = HttpFaultProxy::start(&reg.base_url())
+        .await
+        .expect("fault proxy");
+    let http = reqwest::Client::new();
+    let tags = format!("{}/v2/testenv/limited/tags/list", proxy.url);
+    let get = |url: String| {
+        let http = http.clone();
+        async move { http.get(url).send().await.expect("request") }
+    };
+
+    // Forwarded: the registry's own answer.
+    let resp = get(tags.clone()).await;
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: serde_json::Value = resp.json().await.expect("json");
+    let mut got: Vec<String> = serde_json::from_value(body["tags"].clone()).expect("tags");
+    got.sort();
+    assert_eq!(got, vec!["1.0.0", "1.1.0"]);
+
+    // Two tag listings rate-limited with Retry-After; other paths untouched; then forwarded.
+    proxy.set(
+        FaultPlan::new(HttpFault::too_many_requests(Some("3")))
+            .times(2)
+            .on_paths_containing("/tags/list"),
+    );
+    assert_eq!(
+        get(format!("{}/v2/", proxy.url)).await.status().as_u16(),
+        200
+    );
+    for _ in 0..2 {
+        let resp = get(tags.clone()).await;
+        assert_eq!(resp.status().as_u16(), 429);
+        assert_eq!(
+            resp.headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()),
+            Some("3")
+        );
+        let body: serde_json::Value = resp.json().await.expect("json");
+        assert_eq!(body["errors"][0]["code"], "TOOMANYREQUESTS");
+    }
+    assert_eq!(get(tags.clone()).await.status().as_u16(), 200);
+
+    // 503 for a period, then forwarded again without anyone clearing it.
+    proxy.set(
+        FaultPlan::new(HttpFault::service_unavailable(None)).for_period(Duration::from_secs(1)),
+    );
+    assert_eq!(get(tags.clone()).await.status().as_u16(), 503);
+    wait_until("the 503 period to end", Duration::from_secs(10), || {
+        let fut = get(tags.clone());
+        async move { Ok(fut.await.status().as_u16() == 200) }
+    })
+    .await
+    .expect("forwarded after the period");
+
+    // Until cleared.
+    proxy.set(FaultPlan::new(HttpFault::service_unavailable(Some("1"))));
+    assert_eq!(get(tags.clone()).await.status().as_u16(), 503);
+    proxy.clear();
+    assert_eq!(get(tags.clone()).await.status().as_u16(), 200);
+    let stats = proxy.stats();
+    assert!(
+        stats.faulted >= 4 && stats.requests > stats.faulted,
+        "{stats:?}"
+    );
+    assert_eq!(stats.upstream_errors, 0);
 }

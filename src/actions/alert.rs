@@ -139,8 +139,26 @@ pub fn parse_timeout(s: &str) -> Option<Duration> {
     match unit {
         "ms" => Some(Duration::from_millis(n)),
         "s" => Some(Duration::from_secs(n)),
-        "m" => Some(Duration::from_secs(n * 60)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
         _ => None,
+    }
+}
+
+/// Largest `timeout` an AlertConfig may set: an alert is sent from inside an Image's sync, so a
+/// receiver that never answers must not hold that sync (and a concurrency slot) for longer.
+pub const MAX_ALERT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An AlertConfig `timeout` checked: a duration above zero and at most [`MAX_ALERT_TIMEOUT`]
+/// (pure; the error says what to write instead).
+pub fn alert_timeout(s: &str) -> Result<Duration, String> {
+    match parse_timeout(s) {
+        None => Err(format!("invalid timeout {s:?} (use e.g. 10s, 500ms, 1m)")),
+        Some(d) if d.is_zero() => Err(format!("timeout {s:?} must be above 0")),
+        Some(d) if d > MAX_ALERT_TIMEOUT => Err(format!(
+            "timeout {s:?} is above the maximum of {}s",
+            MAX_ALERT_TIMEOUT.as_secs()
+        )),
+        Some(d) => Ok(d),
     }
 }
 
@@ -243,9 +261,9 @@ pub async fn prepare(
     let timeout = |t: Option<&String>| -> Result<Duration, AlertError> {
         match t {
             None => Ok(Duration::from_secs(10)),
-            Some(t) => parse_timeout(t).ok_or_else(|| AlertError::Invalid {
+            Some(t) => alert_timeout(t).map_err(|reason| AlertError::Invalid {
                 name: name.clone(),
-                reason: format!("invalid timeout {t:?} (use e.g. 10s, 500ms, 1m)"),
+                reason,
             }),
         }
     };
@@ -546,6 +564,20 @@ mod tests {
         assert_eq!(parse_timeout("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_timeout("ten"), None);
         assert_eq!(parse_timeout("10h"), None);
+        assert_eq!(parse_timeout("99999999999999999999m"), None);
+        assert_eq!(parse_timeout("999999999999999999m"), None, "overflow");
+        assert_eq!(alert_timeout("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(alert_timeout("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(alert_timeout("250ms"), Ok(Duration::from_millis(250)));
+        let err = alert_timeout("61s").expect_err("above the cap");
+        assert!(err.contains("maximum of 60s"), "{err}");
+        assert!(alert_timeout("5m").is_err());
+        assert!(alert_timeout("0s").expect_err("zero").contains("above 0"));
+        assert!(
+            alert_timeout("ten")
+                .expect_err("junk")
+                .contains("invalid timeout")
+        );
         assert_eq!(
             discord_url("discord://tok@123"),
             "https://discord.com/api/webhooks/123/tok"

@@ -42,7 +42,7 @@ pub struct DiscordSpec {
     /// Users or roles to mention.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mentions: Vec<String>,
-    /// Request time limit, e.g. `10s`.
+    /// Request time limit, e.g. `10s` (default 10s, at most 60s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
     /// Message template.
@@ -64,7 +64,7 @@ pub struct SlackSpec {
     /// Channel override.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<String>,
-    /// Request time limit, e.g. `10s`.
+    /// Request time limit, e.g. `10s` (default 10s, at most 60s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
     /// Message template.
@@ -81,7 +81,7 @@ pub struct WebhookSpec {
     /// Extra headers, e.g. an Authorization header from a Secret.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<WebhookHeader>,
-    /// Request time limit, e.g. `10s`.
+    /// Request time limit, e.g. `10s` (default 10s, at most 60s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
     /// Template of the `text` field.

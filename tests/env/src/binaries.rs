@@ -19,6 +19,8 @@ pub struct Binaries {
     pub otelcol: PathBuf,
     /// Helm 3 CLI built from its Go module.
     pub helm: PathBuf,
+    /// Toxiproxy server (TCP fault injection) built from its Go module.
+    pub toxiproxy: PathBuf,
 }
 
 /// The repository root (two levels above this crate).
@@ -59,8 +61,15 @@ impl Binaries {
             registry: which("docker-registry")?,
             otelcol: cache.join("otelcol"),
             helm: cache.join("helm"),
+            toxiproxy: cache.join("toxiproxy"),
         };
-        let built = [&bins.kube_apiserver, &bins.etcd, &bins.otelcol, &bins.helm];
+        let built = [
+            &bins.kube_apiserver,
+            &bins.etcd,
+            &bins.otelcol,
+            &bins.helm,
+            &bins.toxiproxy,
+        ];
         (built.iter().all(|p| p.exists()) && python().is_ok()).then_some(bins)
     }
 
@@ -86,7 +95,8 @@ impl Binaries {
         }
         Self::locate().with_context(|| {
             format!(
-                "{} succeeded but kube-apiserver/etcd are not in {} or docker-registry is not on PATH",
+                "{} succeeded but kube-apiserver/etcd/otelcol/helm/toxiproxy are not in {} or \
+                 docker-registry is not on PATH",
                 script.display(),
                 cache_dir().display()
             )

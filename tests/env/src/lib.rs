@@ -11,9 +11,11 @@
 pub mod binaries;
 pub mod certs;
 pub mod cluster;
+pub mod httpfault;
 pub mod process;
 pub mod registry;
 pub mod sinks;
+pub mod toxiproxy;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -28,6 +30,7 @@ pub use binaries::Binaries;
 pub use cluster::{AuditEvent, Cluster, Etcd};
 pub use registry::{BasicAuth, Registry};
 pub use sinks::{Collector, HttpSink, SmtpServer};
+pub use toxiproxy::Toxiproxy;
 
 /// Installs ring as the process-wide rustls provider (idempotent). kube, reqwest and oci-client
 /// are all built without a provider of their own choosing, so one must be installed before TLS.
@@ -44,6 +47,7 @@ pub struct Builder {
     name: Option<String>,
     keep_data: bool,
     audit_log: bool,
+    toxiproxy: bool,
 }
 
 impl Builder {
@@ -56,6 +60,13 @@ impl Builder {
     /// Start a plain-HTTP registry and a TLS registry with basic auth.
     pub fn registries(mut self) -> Self {
         self.registries = true;
+        self
+    }
+
+    /// Start a Toxiproxy server (`TestEnv::toxiproxy`) to put faults between kimup and the
+    /// registries or API servers.
+    pub fn toxiproxy(mut self) -> Self {
+        self.toxiproxy = true;
         self
     }
 
@@ -106,6 +117,8 @@ pub struct TestEnv {
     pub registries: Vec<Registry>,
     /// Shared etcd.
     pub etcd: Option<Etcd>,
+    /// The Toxiproxy server, when requested.
+    pub toxiproxy: Option<Toxiproxy>,
     /// Folder with `logs/` and `data/` of this run, under `target/testenv/`.
     pub run_dir: PathBuf,
     keep_data: bool,
@@ -144,6 +157,7 @@ impl TestEnv {
             clusters: Vec::new(),
             registries: Vec::new(),
             etcd: None,
+            toxiproxy: None,
             run_dir: run_dir.clone(),
             keep_data: b.keep_data,
         };
@@ -180,7 +194,17 @@ impl TestEnv {
                     .with_context(ctx)?,
             );
         }
+        if b.toxiproxy {
+            env.toxiproxy = Some(Toxiproxy::start(bins, &logs).await.with_context(ctx)?);
+        }
         Ok(env)
+    }
+
+    /// The Toxiproxy server; panics when the builder did not ask for one.
+    pub fn toxiproxy(&self) -> &Toxiproxy {
+        self.toxiproxy
+            .as_ref()
+            .expect("TestEnv::builder().toxiproxy() was not called")
     }
 
     /// The plain-HTTP registry.
@@ -252,6 +276,7 @@ impl Drop for TestEnv {
             return;
         }
         // Stop processes before removing their data directories.
+        self.toxiproxy = None;
         self.registries.clear();
         self.clusters.clear();
         self.etcd = None;

@@ -183,7 +183,6 @@ async fn wait_serving(
 }
 
 impl Registry {
-
     /// Whether this registry serves TLS.
     pub fn is_tls(&self) -> bool {
         self.ca_pem.is_some()
