@@ -536,6 +536,10 @@ async fn reconcile(image: Arc<Image>, ctx: Arc<ClusterContext>) -> Result<Action
         return Ok(Action::await_change());
     }
     let written = write(&ctx, &image, &namespace, &name, &stored, &report, reason).await;
+    if let Err(e) = &written {
+        // Said at once: publishing the events below may itself wait on a failing API server.
+        warn!(error = %e, label = e.metric_label(), "Image write failed; what the reconcile learned is kept and retried with backoff");
+    }
     publish(&ctx, &image, &report).await;
     if let Err(e) = written {
         ctx.set_unwritten(&uid, Some(report.status));

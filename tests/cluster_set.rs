@@ -542,8 +542,11 @@ async fn a_silent_api_server_times_requests_out() {
         async move {
             // Without a read timeout nothing would fail: the requests would wait for ever.
             Ok(log.get(before..).is_some_and(|l| {
-                l.lines()
-                    .any(|l| l.contains("sync failed") || l.contains("reconcile failed"))
+                l.lines().any(|l| {
+                    l.contains("sync step failed")
+                        || l.contains("write failed")
+                        || l.contains("reconcile failed")
+                })
             }))
         }
     })

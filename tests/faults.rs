@@ -626,3 +626,136 @@ async fn api_server_latency_resets_and_silence() {
         );
     }
 }
+
+/// Makes the API server refuse (or accept again) every write of Image statuses, with a
+/// ValidatingAdmissionPolicy: reads, workload patches and events still work.
+async fn refuse_status_writes(admin: &Client, on: bool) {
+    use kube::api::{DeleteParams, DynamicObject, GroupVersionKind};
+    use kube::discovery::ApiResource;
+    let gvk = |kind: &str| GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", kind);
+    let policies = Api::<DynamicObject>::all_with(
+        admin.clone(),
+        &ApiResource::from_gvk_with_plural(
+            &gvk("ValidatingAdmissionPolicy"),
+            "validatingadmissionpolicies",
+        ),
+    );
+    let bindings = Api::<DynamicObject>::all_with(
+        admin.clone(),
+        &ApiResource::from_gvk_with_plural(
+            &gvk("ValidatingAdmissionPolicyBinding"),
+            "validatingadmissionpolicybindings",
+        ),
+    );
+    if !on {
+        bindings
+            .delete("refuse-image-status", &DeleteParams::default())
+            .await
+            .expect("delete binding");
+        return;
+    }
+    let policy: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": "refuse-image-status"},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{
+                "apiGroups": ["kimup.cloudavenue.io"], "apiVersions": ["*"],
+                "operations": ["UPDATE"], "resources": ["images/status"]
+            }]},
+            "validations": [{"expression": "false", "message": "status writes refused by the fault test"}]
+        }
+    }))
+    .expect("policy");
+    policies
+        .create(&PostParams::default(), &policy)
+        .await
+        .expect("create policy");
+    let binding: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": "refuse-image-status"},
+        "spec": {"policyName": "refuse-image-status", "validationActions": ["Deny"]}
+    }))
+    .expect("binding");
+    bindings
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("create binding");
+}
+
+/// Whether a status write of the Image `web` is refused now (a probe write by the admin).
+async fn status_refused(admin: &Client) -> bool {
+    let patch = serde_json::json!({"status": {"message": "probe"}});
+    matches!(
+        Api::<Image>::namespaced(admin.clone(), NS)
+            .patch_status(
+                "web",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await,
+        Err(kube::Error::Api(e)) if e.code == 422 || e.code == 403
+    )
+}
+
+#[tokio::test]
+async fn status_writes_refused_lose_nothing_and_repeat_no_alert() {
+    let mut f = Fleet::start("fault-status-write", Proxies::None).await;
+    f.start_kimup(&[]);
+    let mut alerted = vec!["1.1.0"];
+    f.assert_final("1.1.0", &alerted).await;
+    let mut admins = Vec::new();
+    for c in &f.env.clusters {
+        let admin = c.client().await.expect("admin");
+        refuse_status_writes(&admin, true).await;
+        admins.push(admin);
+    }
+    for (i, admin) in admins.iter().enumerate() {
+        wait_for(
+            &format!("cluster-{i} refuses status writes"),
+            Duration::from_secs(30),
+            || status_refused(admin),
+        )
+        .await;
+    }
+    let refused = Instant::now();
+    let before = f.listings();
+    f.env
+        .plain_registry()
+        .push_tags(REPO, &["1.2.0"])
+        .await
+        .expect("push");
+    // The sync picks 1.2.0, patches the workload and delivers the alert; only its status write
+    // fails. Later syncs start from what it learned: they must not alert again.
+    for i in 0..2 {
+        let path = format!("/c{i}");
+        wait_for(
+            &format!("cluster-{i}: the 1.2.0 alert delivered while statuses are refused"),
+            Duration::from_secs(60),
+            || {
+                let n = f.delivered(&path).iter().filter(|t| *t == "1.2.0").count();
+                async move { n >= 1 }
+            },
+        )
+        .await;
+    }
+    f.wait_listings(before, 6, "syncs while statuses are refused")
+        .await;
+    let log = std::fs::read_to_string(f.log()).unwrap_or_default();
+    assert!(
+        log.contains("reconcile failed; retrying") && log.contains("status_write"),
+        "the failed status write is retried with backoff; log {}",
+        f.log()
+    );
+    for admin in &admins {
+        refuse_status_writes(admin, false).await;
+    }
+    let allowed = Instant::now();
+    alerted.push("1.2.0");
+    f.assert_final("1.2.0", &alerted).await;
+    println!(
+        "fault status-write-refused: refused {:.1} s, converged {:.2} s after writes were allowed",
+        (allowed - refused).as_secs_f64(),
+        allowed.elapsed().as_secs_f64()
+    );
+}

@@ -304,7 +304,10 @@ pub async fn converge(
         };
         match result {
             Ok(()) => w.patched = true,
-            Err(e) => w.error = Some(e.to_string()),
+            Err(e) => {
+                tracing::warn!(kind = w.kind.as_str(), workload = %w.name, error = %e, "workload write failed; retried with backoff");
+                w.error = Some(e.to_string());
+            }
         }
     }
     outcomes
