@@ -111,6 +111,10 @@ pub fn members_of(
         .collect()
 }
 
+/// Largest kubeconfig file read: a member's file is a few KiB; anything far larger is a mistake
+/// that would otherwise be read (and hashed) at every poll.
+pub const MAX_KUBECONFIG_BYTES: u64 = 1024 * 1024;
+
 /// Reads the kubeconfig files of `dirs` (hidden entries such as `..data` skipped, symlinks
 /// followed) and the explicit `files`, returning every member by name.
 pub fn scan(dirs: &[PathBuf], files: &[PathBuf], allow_exec: bool) -> BTreeMap<String, Member> {
@@ -140,7 +144,15 @@ pub fn scan(dirs: &[PathBuf], files: &[PathBuf], allow_exec: bool) -> BTreeMap<S
     let mut out = BTreeMap::new();
     for path in paths {
         let stem = stem(&path);
+        let too_big = std::fs::metadata(&path).is_ok_and(|m| m.len() > MAX_KUBECONFIG_BYTES);
         let text = match std::fs::read_to_string(&path) {
+            _ if too_big => Err(std::io::Error::other(format!(
+                "larger than {} KiB, the most a kubeconfig may be",
+                MAX_KUBECONFIG_BYTES / 1024
+            ))),
+            read => read,
+        };
+        let text = match text {
             Ok(t) => t,
             Err(e) => {
                 out.insert(
@@ -478,6 +490,31 @@ contexts:
             started.elapsed()
         );
         drop(listener);
+    }
+
+    #[test]
+    fn scan_refuses_oversized_files_and_skips_fifos() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("ok.yaml"), ONE).expect("write");
+        let big = format!("{ONE}\n# {}", "x".repeat(MAX_KUBECONFIG_BYTES as usize));
+        std::fs::write(dir.path().join("big.yaml"), big).expect("write");
+        // A FIFO would block the read for ever: only regular files are read.
+        let fifo = dir.path().join("pipe.yaml");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo");
+        assert!(status.success());
+        let found = scan(&[dir.path().to_path_buf()], &[], false);
+        assert!(found.keys().any(|k| k.starts_with("ok")), "{:?}", found.keys());
+        assert!(!found.keys().any(|k| k.starts_with("pipe")));
+        let big = found
+            .iter()
+            .find(|(k, _)| k.starts_with("big"))
+            .map(|(_, m)| m)
+            .expect("big member");
+        let err = big.source.as_ref().err().expect("refused");
+        assert!(err.contains("larger than 1024 KiB"), "{err}");
     }
 
     #[test]

@@ -460,11 +460,26 @@ async fn supervise(
         let mut desired = if only_in_cluster {
             BTreeMap::new()
         } else {
-            clusters::scan(
-                &args.kubeconfig_dirs,
-                &args.kubeconfigs,
+            // File reads block: off the async workers, which serve every cluster's syncs.
+            let (dirs, files, allow_exec) = (
+                args.kubeconfig_dirs.clone(),
+                args.kubeconfigs.clone(),
                 args.allow_exec_auth,
-            )
+            );
+            match tokio::task::spawn_blocking(move || clusters::scan(&dirs, &files, allow_exec))
+                .await
+            {
+                Ok(found) => found,
+                Err(e) => {
+                    // A panic in the scan must not stop the supervisor: keep what runs.
+                    error!(error = %e, "reading the kubeconfig folders failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(args.cluster_poll_interval) => {}
+                    }
+                    continue;
+                }
+            }
         };
         if let Some(ctx) = &args.context {
             desired.retain(|_, m| m.source.as_ref().map(|(_, c)| c == ctx).unwrap_or(true));
