@@ -506,7 +506,11 @@ contexts:
             .expect("mkfifo");
         assert!(status.success());
         let found = scan(&[dir.path().to_path_buf()], &[], false);
-        assert!(found.keys().any(|k| k.starts_with("ok")), "{:?}", found.keys());
+        assert!(
+            found.keys().any(|k| k.starts_with("ok")),
+            "{:?}",
+            found.keys()
+        );
         assert!(!found.keys().any(|k| k.starts_with("pipe")));
         let big = found
             .iter()

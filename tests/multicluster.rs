@@ -215,4 +215,10 @@ async fn three_hundred_images_over_three_clusters_cost_one_listing_per_repositor
     );
     assert_eq!(public, 10, "one listing per repository");
     assert_eq!(private_listings, 2, "one listing per credential set");
+    for c in &env.clusters {
+        let client = c.client().await.expect("client");
+        for n in &namespaces[..2] {
+            assert_no_canary(&client, n).await;
+        }
+    }
 }

@@ -43,11 +43,19 @@ async fn syncs_are_exported_as_traces_and_metrics_are_served() {
             collector.endpoint.clone(),
         )],
     );
+    // The sync uses a pull secret whose credential is the canary: it must not reach a span.
+    let canary = kimup_testenv::canary();
+    create_secret(
+        &client,
+        &ns,
+        &pull_secret("regcred", &reg.host, canary, canary),
+    )
+    .await;
     create_image(
         &client,
         &ns,
         &format!(
-            "apiVersion: kimup.cloudavenue.io/v1alpha1\nkind: Image\nmetadata: {{name: app}}\nspec:\n  image: {}/otel/app\n  baseTag: 1.0.0\n  triggers: [{{type: crontab, value: '@hourly'}}]\n  rules: [{{name: minor, type: semver-minor, actions: [{{type: apply}}]}}]\n",
+            "apiVersion: kimup.cloudavenue.io/v1alpha1\nkind: Image\nmetadata: {{name: app}}\nspec:\n  image: {}/otel/app\n  baseTag: 1.0.0\n  imagePullSecrets: [{{name: regcred}}]\n  triggers: [{{type: crontab, value: '@hourly'}}]\n  rules: [{{name: minor, type: semver-minor, actions: [{{type: apply}}]}}]\n",
             reg.host
         ),
     )
@@ -92,6 +100,13 @@ async fn syncs_are_exported_as_traces_and_metrics_are_served() {
             Duration::from_secs(20),
         )
         .await;
+    assert!(
+        !serde_json::to_string(&spans)
+            .unwrap_or_default()
+            .contains(canary),
+        "a Secret's value reached an exported span"
+    );
+    assert_no_canary(&client, &ns).await;
     let sync = spans
         .iter()
         .find(|s| s["name"] == "image.sync" && attr(s, "name") == Some("app"))

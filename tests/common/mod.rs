@@ -33,6 +33,22 @@ pub struct Kimup {
     pub log: PathBuf,
 }
 
+impl Drop for Kimup {
+    /// No secret reaches kimup's log: checked for every kimup a test started (not while a test
+    /// is already failing, where a second panic would abort).
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let log = self.log_text();
+        assert!(
+            !log.contains(kimup_testenv::canary()),
+            "a Secret's value reached kimup's log {}",
+            self.log.display()
+        );
+    }
+}
+
 impl Kimup {
     /// Contents of the log so far.
     pub fn log_text(&self) -> String {
@@ -199,7 +215,15 @@ pub async fn deployment_images(
 pub fn pull_secret(name: &str, registry: &str, username: &str, password: &str) -> Secret {
     use base64::Engine;
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
-    let config = serde_json::json!({"auths": {registry: {"auth": auth}}});
+    // A second entry carries the canary as it would a real credential: kimup parses it with the
+    // rest and must never echo it.
+    let canary = kimup_testenv::canary();
+    let canary_auth =
+        base64::engine::general_purpose::STANDARD.encode(format!("{canary}:{canary}"));
+    let config = serde_json::json!({"auths": {
+        registry: {"auth": auth},
+        format!("{canary}.invalid"): {"auth": canary_auth, "username": canary, "password": canary}
+    }});
     serde_json::from_value(serde_json::json!({
         "apiVersion": "v1",
         "kind": "Secret",
@@ -246,4 +270,27 @@ pub async fn wait_event(client: &Client, namespace: &str, name: &str, reason: &s
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// No secret reached what kimup writes in `namespace`: the Images' statuses and the events.
+pub async fn assert_no_canary(client: &Client, namespace: &str) {
+    let canary = kimup_testenv::canary();
+    let images = Api::<Image>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .expect("list Images");
+    let text = serde_json::to_string(&images.items).unwrap_or_default();
+    assert!(
+        !text.contains(canary),
+        "a Secret's value reached an Image in {namespace}"
+    );
+    let events = Api::<Event>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .expect("list events");
+    let text = serde_json::to_string(&events.items).unwrap_or_default();
+    assert!(
+        !text.contains(canary),
+        "a Secret's value reached an event in {namespace}"
+    );
 }

@@ -32,6 +32,25 @@ pub use registry::{BasicAuth, Registry};
 pub use sinks::{Collector, HttpSink, SmtpServer};
 pub use toxiproxy::Toxiproxy;
 
+/// A random marker, fixed for this test process, carried by every Secret the suite creates for
+/// kimup (registry passwords, pull secrets, Secret-sourced alert URLs). After a test that drives
+/// kimup it must appear nowhere: not in kimup's log, a status, an event or an exported span.
+pub fn canary() -> &'static str {
+    static CANARY: OnceLock<String> = OnceLock::new();
+    CANARY.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default(),
+        );
+        format!("canary{:016x}", h.finish())
+    })
+}
+
 /// Installs ring as the process-wide rustls provider (idempotent). kube, reqwest and oci-client
 /// are all built without a provider of their own choosing, so one must be installed before TLS.
 pub fn install_crypto_provider() {
@@ -186,7 +205,8 @@ impl TestEnv {
             );
             let auth = BasicAuth {
                 username: "kimup".into(),
-                password: "s3cret-pass".into(),
+                // The canary rides in the one credential kimup really uses for this registry.
+                password: format!("s3cret-{}", canary()),
             };
             env.registries.push(
                 Registry::start_tls(bins, &data, &logs, auth)
