@@ -517,7 +517,7 @@ contexts:
             .find(|(k, _)| k.starts_with("big"))
             .map(|(_, m)| m)
             .expect("big member");
-        let err = big.source.as_ref().err().expect("refused");
+        let err = big.source.as_ref().expect_err("refused");
         assert!(err.contains("larger than 1024 KiB"), "{err}");
     }
 
