@@ -77,7 +77,9 @@ fn main() -> std::process::ExitCode {
             }
         }
         Command::Run(args) => {
-            if let Err(e) = kimup::run::validate(&args) {
+            if let Err(e) =
+                kimup::run::validate(&args).and_then(|()| kimup::run::check_paths(&args))
+            {
                 eprintln!("error: {e}");
                 return 2.into();
             }

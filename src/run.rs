@@ -168,6 +168,31 @@ pub fn validate(args: &RunArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks that the files and folders named on the command line exist: a typo there is a
+/// mistake to stop on (exit 2), not a member that never comes. Files added to a folder later are
+/// picked up at the next poll; a folder may start empty.
+pub fn check_paths(args: &RunArgs) -> Result<(), String> {
+    for f in &args.kubeconfigs {
+        if !f.is_file() {
+            return Err(format!(
+                "--kubeconfig {}: no such file (or not a regular file)",
+                f.display()
+            ));
+        }
+    }
+    for d in &args.kubeconfig_dirs {
+        if !d.is_dir() {
+            return Err(format!("--kubeconfig-dir {}: no such folder", d.display()));
+        }
+    }
+    if let Some(f) = &args.lease_kubeconfig
+        && !f.is_file()
+    {
+        return Err(format!("--lease-kubeconfig {}: no such file", f.display()));
+    }
+    Ok(())
+}
+
 /// Builds the process-wide services from the flags.
 pub fn shared(args: &RunArgs) -> Result<Arc<Shared>> {
     let mut extra_ca_pem = Vec::new();

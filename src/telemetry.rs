@@ -70,6 +70,9 @@ pub fn init(format: LogFormat, level: &str) -> Result<TelemetryGuard, TelemetryE
             .boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            // Colour codes only on a terminal: in a file or a pipe they break grep and log
+            // shippers.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_filter(filter)
             .boxed(),
     };

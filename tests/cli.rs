@@ -173,6 +173,14 @@ fn evaluate_rejects_bad_input_with_exit_2() {
             "--renew-deadline must be shorter",
         ),
         (&["run", "--concurrency", "0"], "at least 1"),
+        (
+            &["run", "--kubeconfig", "/nonexistent/kubeconfig.yaml"],
+            "--kubeconfig /nonexistent/kubeconfig.yaml: no such file",
+        ),
+        (
+            &["run", "--kubeconfig-dir", "/nonexistent/clusters"],
+            "--kubeconfig-dir /nonexistent/clusters: no such folder",
+        ),
     ];
     for (args, needle) in cases {
         let out = kimup(args);
@@ -276,4 +284,45 @@ async fn evaluate_a_manifest_against_the_live_registry() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v[0]["chosen"], "1.0.7");
+}
+
+#[test]
+fn text_logs_to_a_file_carry_no_colour_codes() {
+    // An empty kubeconfig folder: kimup runs, and warns that it has no member cluster.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("kimup.log");
+    let clusters = dir.path().join("clusters");
+    std::fs::create_dir(&clusters).expect("mkdir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kimup"))
+        .args([
+            "--log-format",
+            "text",
+            "run",
+            "--listen-addr",
+            "127.0.0.1:0",
+        ])
+        .arg(format!("--kubeconfig-dir={}", clusters.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("start kimup");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("no member cluster") {
+            break text;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("no \"no member cluster\" warning within 30 s: {text}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(text.contains("WARN"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in a log file: {text:?}"
+    );
 }
