@@ -563,9 +563,10 @@ fn calver_verdict(rule: RuleType, cur: &CalverTag, tag: &str) -> Result<CalverTa
     Ok(cand)
 }
 
-/// Longest regex a rule may hold, in bytes (the CRD allows no longer value): tags are at most
-/// 128 characters, so a longer pattern describes nothing a shorter one cannot.
-pub const MAX_REGEX_LEN: usize = 1024;
+/// Longest regex a rule may hold, in bytes: the CRD's limit on a rule's value, checked again
+/// for objects stored before it (tags are at most 128 characters; a longer pattern describes
+/// nothing a shorter one cannot).
+pub const MAX_REGEX_LEN: usize = crate::api::limits::RULE_VALUE;
 
 /// Largest compiled regex, in bytes: `^\w{40}$` (a Unicode word of SHA length) takes about
 /// 1.5 MiB, `\w{100}` about 5 MiB. The regex crate's default is 10 MiB, and a rule's regex is

@@ -342,8 +342,9 @@ pub fn webhook_body(ctx: &AlertContext, rule: &str, text: &str) -> serde_json::V
     })
 }
 
-/// Longest URL an alert may use, in bytes (a Secret's value may be up to 1 MiB).
-pub const MAX_URL_LEN: usize = 4096;
+/// Longest URL an alert may use, in bytes: the CRD's limit on an inline value, here for URLs
+/// read from Secrets and ConfigMaps (whose values may be up to 1 MiB).
+pub const MAX_URL_LEN: usize = crate::api::limits::VALUE;
 
 /// Reads the AlertConfig an action names and renders the alert (I/O only to read objects).
 /// Errors are scrubbed of the alert's secrets, as are the errors of [`send`].
