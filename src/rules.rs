@@ -14,7 +14,7 @@ use std::cmp::{Ordering, Reverse};
 use std::fmt;
 use std::str::FromStr;
 
-use regex::Regex;
+use regex::{Regex, RegexBuilder};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -174,6 +174,24 @@ pub enum RuleError {
         value: String,
         /// What is wrong with it.
         reason: String,
+    },
+    /// The regex rule's value is longer than [`MAX_REGEX_LEN`].
+    #[error(
+        "the regex in the rule's value is {len} bytes long, more than the {MAX_REGEX_LEN} allowed"
+    )]
+    RegexTooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The regex rule's value compiles to more than [`MAX_REGEX_SIZE`].
+    #[error(
+        "the regex `{value}` in the rule's value compiles to more than {} MiB ({MAX_REGEX_SIZE} \
+         bytes): use fewer or smaller repetitions, or ASCII classes such as [0-9a-z] instead of \\w",
+        MAX_REGEX_SIZE >> 20
+    )]
+    RegexTooBig {
+        /// The regular expression as given.
+        value: String,
     },
     /// The rule needs a value and has none.
     #[error("{rule} needs a value: the regular expression that tags must match")]
@@ -545,6 +563,40 @@ fn calver_verdict(rule: RuleType, cur: &CalverTag, tag: &str) -> Result<CalverTa
     Ok(cand)
 }
 
+/// Longest regex a rule may hold, in bytes: the CRD's limit on a rule's value, checked again
+/// for objects stored before it (tags are at most 128 characters; a longer pattern describes
+/// nothing a shorter one cannot).
+pub const MAX_REGEX_LEN: usize = crate::api::limits::RULE_VALUE;
+
+/// Largest compiled regex, in bytes: `^\w{40}$` (a Unicode word of SHA length) takes about
+/// 1.5 MiB, `\w{100}` about 5 MiB. The regex crate's default is 10 MiB, and a rule's regex is
+/// compiled at every sync of its Image, on a worker shared by every tenant.
+pub const MAX_REGEX_SIZE: usize = 2 << 20;
+
+/// Largest lazy-DFA cache of a rule's regex, in bytes; past it the regex crate falls back to a
+/// slower engine rather than failing.
+pub const MAX_REGEX_DFA_SIZE: usize = 1 << 20;
+
+/// Compiles a rule's regex within [`MAX_REGEX_LEN`] and [`MAX_REGEX_SIZE`].
+fn compile_regex(pattern: &str) -> Result<Regex, RuleError> {
+    if pattern.len() > MAX_REGEX_LEN {
+        return Err(RuleError::RegexTooLong { len: pattern.len() });
+    }
+    RegexBuilder::new(pattern)
+        .size_limit(MAX_REGEX_SIZE)
+        .dfa_size_limit(MAX_REGEX_DFA_SIZE)
+        .build()
+        .map_err(|e| match e {
+            regex::Error::CompiledTooBig(_) => RuleError::RegexTooBig {
+                value: pattern.to_string(),
+            },
+            e => RuleError::InvalidRegex {
+                value: pattern.to_string(),
+                reason: regex_reason(&e),
+            },
+        })
+}
+
 fn rank_regex(
     rule: RuleType,
     value: Option<&str>,
@@ -554,10 +606,7 @@ fn rank_regex(
     let pattern = value
         .filter(|v| !v.is_empty())
         .ok_or(RuleError::MissingValue { rule })?;
-    let regex = Regex::new(pattern).map_err(|e| RuleError::InvalidRegex {
-        value: pattern.to_string(),
-        reason: regex_reason(&e),
-    })?;
+    let regex = compile_regex(pattern)?;
     // Every tag is comparable to the current one in the version-aware order, so the no-downgrade
     // guard always applies: a `latest` current only lets semver-ish or naturally later tags in.
     let cur = OrderedTag::new(current);
@@ -1277,6 +1326,30 @@ mod tests {
             err,
             "regex needs a value: the regular expression that tags must match"
         );
+    }
+
+    #[test]
+    fn regex_size_is_limited() {
+        let tags = owned(BUILDS);
+        let message = |value: &str| {
+            evaluate(RuleType::Regex, Some(value), "build-1", &tags)
+                .map(|d| format!("accepted, chose {:?}", d.chosen))
+                .unwrap_or_else(|e| e.to_string())
+        };
+        // A word of SHA length still compiles.
+        assert!(message(r"^\w{40}$").starts_with("accepted"));
+        // Small to write, several MiB compiled (Unicode \w repeated).
+        assert_eq!(
+            message(r"\w{100}"),
+            "the regex `\\w{100}` in the rule's value compiles to more than 2 MiB (2097152 bytes): \
+             use fewer or smaller repetitions, or ASCII classes such as [0-9a-z] instead of \\w"
+        );
+        let long = format!("^({})$", "a|".repeat(600));
+        assert_eq!(
+            message(&long),
+            "the regex in the rule's value is 1204 bytes long, more than the 1024 allowed"
+        );
+        assert!(message(&"a".repeat(1024)).starts_with("accepted"));
     }
 
     #[test]

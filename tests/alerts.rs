@@ -6,11 +6,11 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret};
 use kimup::actions::template::{self, AlertContext};
 use kimup::api::SyncResult;
 use kimup_testenv::{HttpSink, SmtpServer};
-use kube::api::{Api, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 
 async fn create_alert_config(client: &kube::Client, ns: &str, sink: &HttpSink, smtp_port: u16) {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
@@ -366,6 +366,142 @@ async fn a_refused_alert_is_retried_without_a_new_tag_and_delivered_once() {
         deliveries[0].body["newTag"], "1.1.0",
         "{:?}",
         deliveries[0].body
+    );
+}
+
+/// A receiver answering 500 with an error page that quotes the request (path and headers), as
+/// many do; returns its URL.
+async fn echoing_receiver() -> (String, tokio::task::JoinHandle<()>) {
+    use axum::http::{HeaderMap, StatusCode, Uri};
+    let app = axum::Router::new().fallback(|uri: Uri, headers: HeaderMap| async move {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("no hook at {uri} (headers {headers:?})"),
+        )
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, task)
+}
+
+#[tokio::test]
+async fn failed_alerts_never_show_secret_values() {
+    let env = env();
+    let cluster = &env.clusters[0];
+    let client = cluster.client().await.expect("client");
+    let ns = env.namespace(0, "alert-leak").await.expect("namespace");
+    let reg = env.plain_registry();
+    reg.push_tags("alertleak/app", &["1.0.0", "1.1.0"])
+        .await
+        .expect("push");
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    let marker = format!("tok{nanos:x}{:x}", std::process::id());
+    let (echo, _echo_task) = echoing_receiver().await;
+    // Port 1: nothing listens, so the connection is refused.
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "alert-secrets"},
+        "stringData": {
+            "discord": format!("http://kimup:pw{marker}@127.0.0.1:1/api/webhooks/1/{marker}"),
+            "slack": format!("{echo}/services/T0/B0/{marker}"),
+            "webhook": format!("http://127.0.0.1:1/hooks/{marker}?token={marker}"),
+            "token": format!("Bearer {marker}"),
+            "password": format!("pw-{marker}"),
+        }
+    }))
+    .expect("secret");
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("secret");
+    let from_secret =
+        |key: &str| format!("{{valueFrom: {{secretKeyRef: {{name: alert-secrets, key: {key}}}}}}}");
+    let config = format!(
+        "apiVersion: kimup.cloudavenue.io/v1alpha1\nkind: AlertConfig\nmetadata: {{name: leaky}}\nspec:\n  \
+         discord:\n    webhookURL: {}\n  slack:\n    webhookURL: {}\n  webhook:\n    url: {}\n    \
+         headers: [{{name: Authorization, value: {}}}]\n  email:\n    host: {{value: 127.0.0.1}}\n    \
+         port: {{value: \"1\"}}\n    username: {{value: kimup}}\n    password: {}\n    \
+         encryption: None\n    fromAddress: kimup@example.test\n    toAddress: [ops@example.test]\n",
+        from_secret("discord"),
+        from_secret("slack"),
+        from_secret("webhook"),
+        from_secret("token"),
+        from_secret("password"),
+    );
+    let ac: kimup::api::AlertConfig = serde_yaml::from_str(&config).expect("alertconfig");
+    Api::<kimup::api::AlertConfig>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &ac)
+        .await
+        .expect("create AlertConfig");
+    let kimup = start_kimup(env, cluster, &ns, &[]);
+    create_image(
+        &client,
+        &ns,
+        &format!(
+            "apiVersion: kimup.cloudavenue.io/v1alpha1\nkind: Image\nmetadata: {{name: app}}\nspec:\n  image: {}/alertleak/app\n  baseTag: 1.0.0\n  triggers: [{{type: crontab, value: \"*/2 * * * * *\"}}]\n  rules:\n  - name: r\n    type: semver-minor\n    actions:{}\n",
+            reg.host,
+            ACTIONS.replace("name: team", "name: leaky")
+        ),
+    )
+    .await;
+    // Every alert failed at least twice: refused (discord, webhook, e-mail), 500 (slack).
+    let status = wait_status(&client, &ns, "app", Duration::from_secs(60), &kimup, |s| {
+        s.pending_alerts.len() == 4 && s.pending_alerts.iter().all(|p| p.attempts >= 2)
+    })
+    .await;
+    assert_eq!(status.result, Some(SyncResult::ActionError));
+    let status_text = serde_json::to_string(&status).expect("status JSON");
+    assert!(
+        !status_text.contains(&marker),
+        "the Image status shows a secret: {status_text}"
+    );
+
+    let events = Api::<Event>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .expect("list events")
+        .items;
+    // The recorder folds events of one reason into a series that keeps the first note, so the
+    // log below is where every failure is checked to have happened.
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("AlertFailed")),
+        "no AlertFailed event"
+    );
+    for e in &events {
+        let text = serde_json::to_string(e).expect("event JSON");
+        assert!(!text.contains(&marker), "an event shows a secret: {text}");
+    }
+
+    let log = kimup.log_text();
+    for needle in [
+        "alert-discord delivery failed: POST http://127.0.0.1:1/…: error sending request",
+        "alert-webhook delivery failed: POST http://127.0.0.1:1/…: error sending request",
+        "alert-slack delivery failed: POST http://127.0.0.1:",
+        "answered 500 Internal Server Error: no hook at",
+        "alert-email delivery failed: SMTP 127.0.0.1:1",
+    ] {
+        assert!(
+            log.contains(needle),
+            "log lacks {needle:?}: {}",
+            kimup.log.display()
+        );
+    }
+    assert!(
+        !log.contains(&marker),
+        "kimup's log shows a secret: {}",
+        log.lines()
+            .filter(|l| l.contains(&marker))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 

@@ -82,6 +82,27 @@ async fn every_bad_input_is_reported_and_the_rest_keeps_syncing() {
             reason: "AlertFailed",
         },
         Case {
+            // Three nested ranges over the repository's 61 tags: 226,981 iterations, past the
+            // cap of 100,000 (over 1,000 tags it would be 10^9, rendered on a runtime worker).
+            name: "template-bomb",
+            spec: format!(
+                "  image: {good_ref}\n  baseTag: 1.0.0\n{trig}  rules:\n  - name: r\n    type: semver-minor\n    actions:\n    - type: alert-webhook\n      data: {{valueFrom: {{alertConfigRef: {{name: bomb}}}}}}\n"
+            ),
+            result: SyncResult::ActionError,
+            message: "rendering needs more than 100000 range iterations",
+            reason: "AlertFailed",
+        },
+        Case {
+            // A short regex that compiles to ~5 MiB.
+            name: "huge-regex",
+            spec: format!(
+                "  image: {good_ref}\n  baseTag: 1.0.0\n{trig}  rules:\n  - name: r\n    type: regex\n    value: '\\w{{100}}'\n{apply}"
+            ),
+            result: SyncResult::GetRuleError,
+            message: "compiles to more than 2 MiB",
+            reason: "RuleError",
+        },
+        Case {
             name: "registry-down",
             spec: format!(
                 "  image: 127.0.0.1:1/bad/app\n  baseTag: 1.0.0\n  insecureSkipTLSVerify: true\n{trig}  rules:\n  - name: r\n    type: semver-minor\n{apply}"
@@ -117,6 +138,26 @@ async fn every_bad_input_is_reported_and_the_rest_keeps_syncing() {
             .await
             .expect("push");
     }
+    let patches: Vec<String> = (1..60).map(|p| format!("1.0.{p}")).collect();
+    let patches: Vec<&str> = patches.iter().map(String::as_str).collect();
+    reg.push_tags("bad/app-template-bomb", &patches)
+        .await
+        .expect("push");
+    // Silent, so that the iteration cap is reached before the 64 KiB output cap.
+    let bomb = "{{ range .AvailableTags }}{{ range $.AvailableTags }}{{ range $.AvailableTags }}\
+                {{ end }}{{ end }}{{ end }}";
+    let config: kimup::api::AlertConfig = serde_json::from_value(serde_json::json!({
+        "apiVersion": "kimup.cloudavenue.io/v1alpha1",
+        "kind": "AlertConfig",
+        "metadata": {"name": "bomb"},
+        // Nothing listens there: the template must fail before any delivery is tried.
+        "spec": {"webhook": {"url": {"value": "http://127.0.0.1:1/never"}, "templateBody": bomb}}
+    }))
+    .expect("alertconfig");
+    kube::Api::<kimup::api::AlertConfig>::namespaced(client.clone(), &ns)
+        .create(&kube::api::PostParams::default(), &config)
+        .await
+        .expect("create AlertConfig");
     let kimup = start_kimup(env, cluster, &ns, &[]);
     for c in &cases {
         let spec = c.spec.replace(&good_ref, &format!("{good_ref}-{}", c.name));

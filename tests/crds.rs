@@ -38,6 +38,9 @@ fn schema_has_the_promised_validation() {
         "Last-Result",
         "Last-Sync",
         "default: latest",
+        "maxLength: 255",
+        "maxLength: 16384",
+        "maxItems: 32",
     ] {
         assert!(yaml.contains(needle), "CRD YAML lacks {needle:?}");
     }
@@ -112,7 +115,63 @@ async fn schema_rejects_bad_specs() {
         &GroupVersionKind::gvk("kimup.cloudavenue.io", "v1alpha1", "Image"),
         "images",
     );
-    let api: Api<DynamicObject> = Api::namespaced_with(client, &ns, &ar);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
+    let long_image = format!("registry.example/{}", "a".repeat(300));
+    let many_rules =
+        vec![r#"{"name":"r","type":"always","actions":[{"type":"apply"}]}"#; 33].join(",");
+    let long_regex = "a".repeat(1025);
+    let over_limit = [
+        (
+            "image over 255 characters",
+            format!(
+                r#"{{"image":"{long_image}","triggers":[{{"type":"crontab","value":"@hourly"}}],"rules":[{{"name":"r","type":"always","actions":[{{"type":"apply"}}]}}]}}"#
+            ),
+            "spec.image: Too long: may not be more than 255 bytes",
+        ),
+        (
+            "33 rules",
+            format!(
+                r#"{{"image":"nginx","triggers":[{{"type":"crontab","value":"@hourly"}}],"rules":[{many_rules}]}}"#
+            ),
+            "spec.rules: Too many: 33: must have at most 32 items",
+        ),
+        (
+            "regex over 1024 characters",
+            format!(
+                r#"{{"image":"nginx","triggers":[{{"type":"crontab","value":"@hourly"}}],"rules":[{{"name":"r","type":"regex","value":"{long_regex}","actions":[{{"type":"apply"}}]}}]}}"#
+            ),
+            "spec.rules[0].value: Too long: may not be more than 1024 bytes",
+        ),
+    ];
+    for (i, (what, spec, needle)) in over_limit.iter().enumerate() {
+        let mut obj = DynamicObject::new(&format!("over-{i}"), &ar);
+        obj.data = serde_json::json!({"spec": serde_json::from_str::<serde_json::Value>(spec).expect("json")});
+        let err = api
+            .create(&PostParams::default(), &obj)
+            .await
+            .expect_err(what);
+        assert!(err.to_string().contains(needle), "{what}: {err}");
+    }
+    // AlertConfig: a template over 16 KiB.
+    let alert_ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("kimup.cloudavenue.io", "v1alpha1", "AlertConfig"),
+        "alertconfigs",
+    );
+    let alerts: Api<DynamicObject> = Api::namespaced_with(client, &ns, &alert_ar);
+    let mut obj = DynamicObject::new("over-template", &alert_ar);
+    obj.data = serde_json::json!({"spec": {"slack": {
+        "webhookURL": {"value": "http://127.0.0.1:1/hook"},
+        "templateBody": "x".repeat(16385),
+    }}});
+    let err = alerts
+        .create(&PostParams::default(), &obj)
+        .await
+        .expect_err("a 16,385-character template");
+    assert!(
+        err.to_string()
+            .contains("spec.slack.templateBody: Too long: may not be more than 16384 bytes"),
+        "{err}"
+    );
     let cases = [
         (
             "unknown rule type",

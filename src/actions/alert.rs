@@ -1,5 +1,6 @@
 //! Alert actions: Discord, Slack, generic webhook and e-mail, configured by an AlertConfig.
 
+use std::fmt;
 use std::time::Duration;
 
 use kube::{Api, Client};
@@ -63,6 +64,22 @@ pub enum AlertError {
 }
 
 impl AlertError {
+    /// The error with every secret of the alert replaced in its texts (the other variants hold
+    /// names and template text from the spec, never a value read from a Secret or a URL).
+    fn scrubbed(self, secrets: &Redactions) -> Self {
+        match self {
+            AlertError::Invalid { name, reason } => AlertError::Invalid {
+                name,
+                reason: secrets.scrub(&reason),
+            },
+            AlertError::Delivery { action, reason } => AlertError::Delivery {
+                action,
+                reason: secrets.scrub(&reason),
+            },
+            other => other,
+        }
+    }
+
     /// Low-cardinality metric label.
     pub fn metric_label(&self) -> &'static str {
         match self {
@@ -78,8 +95,80 @@ impl AlertError {
     }
 }
 
+/// What replaces a secret in an error text or a `Debug` output.
+const REDACTED: &str = "[redacted]";
+
+/// Values shorter than this are not scrubbed: replacing every `25` or `ops` would garble the
+/// messages, and so short a value guards nothing.
+const MIN_REDACTED_LEN: usize = 4;
+
+/// Path segments and query values of a URL are scrubbed from this length on: tokens are long
+/// (Slack's 24 characters, Discord's 68), while `hook` or `fail` are words of the message too.
+const MIN_URL_PART_LEN: usize = 8;
+
+/// The secrets of one alert: its URL (whole, and the parts that carry tokens), its header
+/// values, its SMTP credentials and every value read from a Secret. Every error text the alert
+/// produces is scrubbed of them: an Image's status and events are read by whoever may read
+/// Images, and kimup's log by the operators of the kimup that serves every tenant.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Redactions(Vec<String>);
+
+impl Redactions {
+    /// Adds a secret value.
+    pub fn add(&mut self, value: &str) {
+        let value = value.trim();
+        if value.chars().count() >= MIN_REDACTED_LEN && !self.0.iter().any(|v| v == value) {
+            self.0.push(value.to_string());
+            // Longest first, so that a URL goes whole before its path is looked for.
+            self.0.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        }
+    }
+
+    /// Adds a URL: whole as given and as normalized, its user and password, and its path,
+    /// path segments and query, where Slack and Discord keep their tokens (a receiver's error
+    /// answer may quote any of them).
+    pub fn add_url(&mut self, url: &str) {
+        self.add(url);
+        let Ok(parsed) = reqwest::Url::parse(url) else {
+            return;
+        };
+        self.add(parsed.as_str());
+        self.add(parsed.username());
+        self.add(parsed.password().unwrap_or_default());
+        self.add(parsed.path());
+        if let Some(query) = parsed.query() {
+            self.add(query);
+        }
+        let segments = parsed.path_segments().into_iter().flatten();
+        let values = parsed.query_pairs().map(|(_, value)| value.into_owned());
+        for part in segments.map(str::to_string).chain(values) {
+            if part.chars().count() >= MIN_URL_PART_LEN {
+                self.add(&part);
+            }
+        }
+    }
+
+    /// `text` with every secret replaced by `[redacted]`.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut text = text.to_string();
+        for secret in &self.0 {
+            if text.contains(secret.as_str()) {
+                text = text.replace(secret.as_str(), REDACTED);
+            }
+        }
+        text
+    }
+}
+
+impl fmt::Debug for Redactions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The count only: the values are what this type hides.
+        write!(f, "Redactions({} values)", self.0.len())
+    }
+}
+
 /// A rendered HTTP alert: where to POST which JSON, with which headers.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct HttpAlert {
     /// Target URL.
     pub url: String,
@@ -89,10 +178,30 @@ pub struct HttpAlert {
     pub headers: Vec<(String, String)>,
     /// Request timeout.
     pub timeout: Duration,
+    /// Secrets scrubbed from delivery errors.
+    pub secrets: Redactions,
+}
+
+impl fmt::Debug for HttpAlert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL's path and the header values are credentials; the body is rendered text.
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(name, _)| (name.as_str(), REDACTED))
+            .collect();
+        f.debug_struct("HttpAlert")
+            .field("url", &redact_url(&self.url))
+            .field("body", &self.body)
+            .field("headers", &headers)
+            .field("timeout", &self.timeout)
+            .field("secrets", &self.secrets)
+            .finish()
+    }
 }
 
 /// A rendered e-mail and how to deliver it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct EmailAlert {
     /// SMTP host.
     pub host: String,
@@ -120,9 +229,34 @@ pub struct EmailAlert {
     pub body: String,
     /// HTML body.
     pub html: bool,
+    /// Secrets scrubbed from delivery errors.
+    pub secrets: Redactions,
 }
 
-/// A ready-to-send alert.
+impl fmt::Debug for EmailAlert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The host may come from a Secret too: it is shown scrubbed, the credentials not at all.
+        let credentials = self.credentials.as_ref().map(|_| (REDACTED, REDACTED));
+        f.debug_struct("EmailAlert")
+            .field("host", &self.secrets.scrub(&self.host))
+            .field("port", &self.port)
+            .field("credentials", &credentials)
+            .field("auth", &self.auth)
+            .field("encryption", &self.encryption)
+            .field("use_start_tls", &self.use_start_tls)
+            .field("client_host", &self.client_host)
+            .field("from", &self.from)
+            .field("from_name", &self.from_name)
+            .field("to", &self.to)
+            .field("subject", &self.subject)
+            .field("body", &self.body)
+            .field("html", &self.html)
+            .field("secrets", &self.secrets)
+            .finish()
+    }
+}
+
+/// A ready-to-send alert (its `Debug` shows no secret).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Alert {
     /// Discord, Slack or generic webhook.
@@ -208,7 +342,12 @@ pub fn webhook_body(ctx: &AlertContext, rule: &str, text: &str) -> serde_json::V
     })
 }
 
+/// Longest URL an alert may use, in bytes: the CRD's limit on an inline value, here for URLs
+/// read from Secrets and ConfigMaps (whose values may be up to 1 MiB).
+pub const MAX_URL_LEN: usize = crate::api::limits::VALUE;
+
 /// Reads the AlertConfig an action names and renders the alert (I/O only to read objects).
+/// Errors are scrubbed of the alert's secrets, as are the errors of [`send`].
 pub async fn prepare(
     client: &Client,
     namespace: &str,
@@ -217,6 +356,51 @@ pub async fn prepare(
     ctx: &AlertContext,
     rule: &str,
     values: &mut ValueResolver,
+) -> Result<Alert, AlertError> {
+    let mut secrets = Redactions::default();
+    let prepared = prepare_alert(
+        client,
+        namespace,
+        action,
+        data,
+        ctx,
+        rule,
+        values,
+        &mut secrets,
+    )
+    .await;
+    match prepared {
+        Ok(Alert::Http(h)) => Ok(Alert::Http(HttpAlert { secrets, ..h })),
+        Ok(Alert::Email(e)) => Ok(Alert::Email(EmailAlert { secrets, ..e })),
+        Err(e) => Err(e.scrubbed(&secrets)),
+    }
+}
+
+/// Reads a value; one read from a Secret is added to `secrets`.
+async fn resolve(
+    values: &mut ValueResolver,
+    secrets: &mut Redactions,
+    field: &str,
+    v: &ValueOrValueFrom,
+) -> Result<Option<String>, ValueError> {
+    let value = values.resolve(field, v).await?;
+    if let (Some(value), ValueSource::Secret { .. }) = (&value, v.source()) {
+        secrets.add(value);
+    }
+    Ok(value)
+}
+
+/// [`prepare`], recording the alert's secrets in `secrets` as they are read.
+#[allow(clippy::too_many_arguments)]
+async fn prepare_alert(
+    client: &Client,
+    namespace: &str,
+    action: ActionType,
+    data: Option<&ValueOrValueFrom>,
+    ctx: &AlertContext,
+    rule: &str,
+    values: &mut ValueResolver,
+    secrets: &mut Redactions,
 ) -> Result<Alert, AlertError> {
     let action_name = action.as_str();
     let name = match data.map(|d| d.source()) {
@@ -252,11 +436,18 @@ pub async fn prepare(
         name: name.clone(),
         source: e,
     };
-    let required = |field: &str, v: Option<String>| -> Result<String, AlertError> {
-        v.ok_or_else(|| AlertError::Invalid {
+    let required_url = |field: &str, v: Option<String>| -> Result<String, AlertError> {
+        let invalid = |reason| AlertError::Invalid {
             name: name.clone(),
-            reason: format!("{field} is empty"),
-        })
+            reason,
+        };
+        match v {
+            None => Err(invalid(format!("{field} is empty"))),
+            Some(url) if url.len() > MAX_URL_LEN => Err(invalid(format!(
+                "{field} is longer than {MAX_URL_LEN} bytes"
+            ))),
+            Some(url) => Ok(url),
+        }
     };
     let timeout = |t: Option<&String>| -> Result<Duration, AlertError> {
         match t {
@@ -284,51 +475,60 @@ pub async fn prepare(
                             .into(),
                 });
             }
-            let url = required(
+            let url = required_url(
                 "discord.webhookURL",
-                values
-                    .resolve("discord.webhookURL", &d.webhook_url)
+                resolve(values, secrets, "discord.webhookURL", &d.webhook_url)
                     .await
                     .map_err(value_err)?,
             )?;
+            let target = discord_url(&url);
+            secrets.add_url(&url);
+            secrets.add_url(&target);
             let text = render(d.template_body.as_ref(), template::DEFAULT_BODY)?;
             Ok(Alert::Http(HttpAlert {
-                url: discord_url(&url),
+                url: target,
                 body: discord_body(&text, &d.mentions),
                 headers: Vec::new(),
                 timeout: timeout(d.timeout.as_ref())?,
+                secrets: Redactions::default(),
             }))
         }
         ActionType::AlertSlack => {
             let s = spec.slack.as_ref().ok_or_else(|| no_section("slack"))?;
-            let url = required(
+            let url = required_url(
                 "slack.webhookURL",
-                values
-                    .resolve("slack.webhookURL", &s.webhook_url)
+                resolve(values, secrets, "slack.webhookURL", &s.webhook_url)
                     .await
                     .map_err(value_err)?,
             )?;
+            secrets.add_url(&url);
             let text = render(s.template_body.as_ref(), template::DEFAULT_BODY)?;
             Ok(Alert::Http(HttpAlert {
                 url,
                 body: slack_body(&text, s.channel.as_deref()),
                 headers: Vec::new(),
                 timeout: timeout(s.timeout.as_ref())?,
+                secrets: Redactions::default(),
             }))
         }
         ActionType::AlertWebhook => {
             let w = spec.webhook.as_ref().ok_or_else(|| no_section("webhook"))?;
-            let url = required(
+            let url = required_url(
                 "webhook.url",
-                values
-                    .resolve("webhook.url", &w.url)
+                resolve(values, secrets, "webhook.url", &w.url)
                     .await
                     .map_err(value_err)?,
             )?;
+            secrets.add_url(&url);
             let mut headers = Vec::new();
             for h in &w.headers {
                 let field = format!("webhook.headers[{}]", h.name);
-                if let Some(v) = values.resolve(&field, &h.value).await.map_err(value_err)? {
+                if let Some(v) = resolve(values, secrets, &field, &h.value)
+                    .await
+                    .map_err(value_err)?
+                {
+                    // Headers carry tokens, inline or not.
+                    secrets.add(&v);
                     headers.push((h.name.clone(), v));
                 }
             }
@@ -338,11 +538,12 @@ pub async fn prepare(
                 body: webhook_body(ctx, rule, &text),
                 headers,
                 timeout: timeout(w.timeout.as_ref())?,
+                secrets: Redactions::default(),
             }))
         }
         ActionType::AlertEmail => {
             let e = spec.email.as_ref().ok_or_else(|| no_section("email"))?;
-            email(&name, e, ctx, values).await
+            email(&name, e, ctx, values, secrets).await
         }
         ActionType::Apply | ActionType::RequestApproval => Err(AlertError::Invalid {
             name,
@@ -356,6 +557,7 @@ async fn email(
     e: &EmailSpec,
     ctx: &AlertContext,
     values: &mut ValueResolver,
+    secrets: &mut Redactions,
 ) -> Result<Alert, AlertError> {
     let value_err = |err| AlertError::Value {
         name: name.to_string(),
@@ -365,15 +567,17 @@ async fn email(
         name: name.to_string(),
         reason,
     };
-    let host = values
-        .resolve("email.host", &e.host)
+    let host = resolve(values, secrets, "email.host", &e.host)
         .await
         .map_err(value_err)?
         .filter(|h| !h.is_empty())
         .ok_or_else(|| invalid("email.host is empty".into()))?;
     let port = match &e.port {
         None => 25,
-        Some(p) => match values.resolve("email.port", p).await.map_err(value_err)? {
+        Some(p) => match resolve(values, secrets, "email.port", p)
+            .await
+            .map_err(value_err)?
+        {
             None => 25,
             Some(p) => p
                 .trim()
@@ -382,19 +586,21 @@ async fn email(
         },
     };
     let username = match &e.username {
-        Some(u) => values
-            .resolve("email.username", u)
+        Some(u) => resolve(values, secrets, "email.username", u)
             .await
             .map_err(value_err)?,
         None => None,
     };
     let password = match &e.password {
-        Some(p) => values
-            .resolve("email.password", p)
+        Some(p) => resolve(values, secrets, "email.password", p)
             .await
             .map_err(value_err)?,
         None => None,
     };
+    // Credentials, inline or not.
+    for v in [&username, &password].into_iter().flatten() {
+        secrets.add(v);
+    }
     let auth = e.auth.unwrap_or_default();
     if matches!(auth, EmailAuth::CramMd5 | EmailAuth::OAuth2) {
         return Err(invalid(format!(
@@ -443,6 +649,7 @@ async fn email(
         subject: subject.trim().replace(['\r', '\n'], " "),
         body,
         html: e.use_html.unwrap_or(false),
+        secrets: Redactions::default(),
     }))
 }
 
@@ -459,38 +666,85 @@ pub async fn send(
     };
     match alert {
         Alert::Http(h) => {
+            let target = redact_url(&h.url);
             let mut req = http.post(&h.url).timeout(h.timeout).json(&h.body);
             for (k, v) in &h.headers {
                 req = req.header(k, v);
             }
-            let resp = req
-                .send()
-                .await
-                .map_err(|e| fail(format!("POST {}: {e}", redact_url(&h.url))))?;
-            if !resp.status().is_success() {
-                let status = resp.status();
-                let text: String = resp
-                    .text()
-                    .await
-                    .unwrap_or_default()
-                    .chars()
-                    .take(200)
-                    .collect();
-                return Err(fail(format!(
-                    "POST {} answered {status}: {text}",
-                    redact_url(&h.url)
-                )));
+            // reqwest's errors end with `for url (<the whole URL>)`: dropped, and the causes
+            // (refused, timed out, DNS) said instead.
+            let resp = req.send().await.map_err(|e| {
+                let cause = error_chain(&e.without_url());
+                fail(h.secrets.scrub(&format!("POST {target}: {cause}")))
+            })?;
+            let status = resp.status();
+            if !status.is_success() {
+                let text = error_body(resp).await;
+                return Err(fail(
+                    h.secrets
+                        .scrub(&format!("POST {target} answered {status}: {text}")),
+                ));
             }
             Ok(())
         }
-        Alert::Email(e) => send_email(e).await.map_err(fail),
+        Alert::Email(e) => send_email(e)
+            .await
+            .map_err(|reason| fail(e.secrets.scrub(&reason))),
     }
 }
 
-/// Scheme, host and path only: Discord and Slack URLs carry their secret in the path's tail.
+/// Most bytes of an error answer read: only its start is shown, and a receiver must not make
+/// kimup hold (or wait for) an endless body.
+pub const MAX_ERROR_BODY: usize = 4096;
+
+/// Characters of an error answer shown in the message.
+const SHOWN_ERROR_BODY: usize = 200;
+
+/// The start of an error answer's body, on one line: at most [`MAX_ERROR_BODY`] bytes are read,
+/// then the connection is dropped.
+async fn error_body(mut resp: reqwest::Response) -> String {
+    let mut bytes = Vec::new();
+    while bytes.len() < MAX_ERROR_BODY {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = MAX_ERROR_BODY - bytes.len();
+                bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            // The end, or a broken body: what was read is all there is to show.
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let text: String = String::from_utf8_lossy(&bytes)
+        .chars()
+        .take(SHOWN_ERROR_BODY)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    text.trim().to_string()
+}
+
+/// An error and its causes, `outer: inner: innermost`, each said once.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Scheme, host and port only: Discord and Slack URLs carry their secret in the path, and a
+/// URL may carry a user and password.
 fn redact_url(url: &str) -> String {
     match reqwest::Url::parse(url) {
-        Ok(u) => format!("{}://{}/…", u.scheme(), u.host_str().unwrap_or("")),
+        Ok(u) => {
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            format!("{}://{}{port}/…", u.scheme(), u.host_str().unwrap_or(""))
+        }
         Err(_) => "<invalid url>".to_string(),
     }
 }
@@ -586,6 +840,211 @@ mod tests {
         assert_eq!(
             redact_url("https://hooks.slack.com/services/T/B/secret"),
             "https://hooks.slack.com/…"
+        );
+        assert_eq!(
+            redact_url("http://user:pass@127.0.0.1:8080/hook?t=secret"),
+            "http://127.0.0.1:8080/…"
+        );
+    }
+
+    const MARKER: &str = "s3cr3tMARKERt0ken";
+
+    /// An HTTP alert to `url` with a secret header, its secrets recorded as `prepare` does.
+    fn http_alert(url: &str) -> Alert {
+        let mut secrets = Redactions::default();
+        secrets.add_url(url);
+        secrets.add(&format!("Bearer {MARKER}-header"));
+        Alert::Http(HttpAlert {
+            url: url.to_string(),
+            body: json!({"text": "hi"}),
+            headers: vec![("Authorization".into(), format!("Bearer {MARKER}-header"))],
+            timeout: Duration::from_secs(5),
+            secrets,
+        })
+    }
+
+    fn client() -> reqwest::Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::new()
+    }
+
+    async fn delivery_error(alert: &Alert) -> String {
+        send(&client(), alert, ActionType::AlertWebhook)
+            .await
+            .expect_err("delivery fails")
+            .to_string()
+    }
+
+    /// A receiver answering 500 whose body quotes the request line (as many error pages do)
+    /// and then `extra` bytes; returns its URL and the count of bytes it managed to write.
+    async fn echoing_server(extra: usize) -> (String, tokio::task::JoinHandle<usize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let task = tokio::spawn(async move {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return 0;
+            };
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return 0,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let text = String::from_utf8_lossy(&head);
+            let line = text.lines().next().unwrap_or_default().to_string();
+            let body = format!("no hook at {line}\n{text}");
+            let answer = format!(
+                "HTTP/1.1 500 Internal Server Error\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len() + extra
+            );
+            let mut written = 0;
+            if stream.write_all(answer.as_bytes()).await.is_err() {
+                return written;
+            }
+            written += answer.len();
+            let chunk = vec![b'x'; 64 * 1024];
+            while written < answer.len() + extra {
+                match stream.write(&chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => written += n,
+                }
+            }
+            written
+        });
+        (url, task)
+    }
+
+    #[tokio::test]
+    async fn delivery_errors_show_no_url_secret() {
+        // Refused: reqwest's text would end with `for url (http://user:pass@127.0.0.1:1/...)`.
+        let url =
+            format!("http://user{MARKER}:pw{MARKER}@127.0.0.1:1/hook/{MARKER}?token={MARKER}q");
+        let err = delivery_error(&http_alert(&url)).await;
+        assert!(!err.contains(MARKER), "{err}");
+        assert!(
+            err.starts_with(
+                "alert-webhook delivery failed: POST http://127.0.0.1:1/…: error sending request"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("refused"), "the cause is still said: {err}");
+
+        // Answered 500 with a body quoting the request, path and headers included.
+        let (base, server) = echoing_server(0).await;
+        let err = delivery_error(&http_alert(&format!("{base}/services/T0/B0/{MARKER}"))).await;
+        server.await.expect("server");
+        assert!(!err.contains(MARKER), "{err}");
+        assert!(
+            err.contains("answered 500 Internal Server Error: no hook at POST"),
+            "{err}"
+        );
+        assert!(err.contains("[redacted]"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn error_answers_are_read_only_in_part() {
+        // A receiver sending 64 MiB after its error line: kimup reads 4 KiB and hangs up.
+        let (base, server) = echoing_server(64 << 20).await;
+        let started = std::time::Instant::now();
+        let err = delivery_error(&http_alert(&format!("{base}/hook"))).await;
+        let written = server.await.expect("server");
+        assert!(err.contains("answered 500"), "{err}");
+        assert!(err.len() < 400, "{} bytes: {err}", err.len());
+        assert!(
+            written < 16 << 20,
+            "the receiver wrote {written} bytes: the body was read to the end"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn smtp_errors_show_no_credentials() {
+        let mut secrets = Redactions::default();
+        secrets.add(&format!("user-{MARKER}"));
+        secrets.add(&format!("pw-{MARKER}"));
+        let alert = Alert::Email(EmailAlert {
+            host: "127.0.0.1".into(),
+            port: 1,
+            credentials: Some((format!("user-{MARKER}"), format!("pw-{MARKER}"))),
+            auth: EmailAuth::Plain,
+            encryption: EmailEncryption::None,
+            use_start_tls: false,
+            client_host: None,
+            from: "kimup@example.test".into(),
+            from_name: None,
+            to: vec!["ops@example.test".into()],
+            subject: "s".into(),
+            body: "b".into(),
+            html: false,
+            secrets,
+        });
+        let err = send(&client(), &alert, ActionType::AlertEmail)
+            .await
+            .expect_err("nothing listens on port 1")
+            .to_string();
+        assert!(!err.contains(MARKER), "{err}");
+        assert!(err.contains("SMTP 127.0.0.1:1"), "{err}");
+        let debug = format!("{alert:?}");
+        assert!(!debug.contains(MARKER), "{debug}");
+        assert!(
+            debug.contains("credentials: Some((\"[redacted]\", \"[redacted]\"))"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let alert = http_alert(&format!("https://hooks.slack.com/services/T0/B0/{MARKER}"));
+        let debug = format!("{alert:?}");
+        assert!(!debug.contains(MARKER), "{debug}");
+        assert!(debug.contains("https://hooks.slack.com/…"), "{debug}");
+        assert!(
+            debug.contains("(\"Authorization\", \"[redacted]\")"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn redactions_scrub_every_form_of_the_url() {
+        let mut r = Redactions::default();
+        r.add_url(&format!("discord://{MARKER}@123"));
+        r.add_url(&format!(
+            "https://u:p4ss{MARKER}@x.test/api/{MARKER}2?k={MARKER}3&b=4"
+        ));
+        r.add("25");
+        r.add_url("http://127.0.0.1:1/fail/hook");
+        for text in [
+            format!("discord://{MARKER}@123"),
+            format!("token {MARKER} refused"),
+            format!("GET /api/{MARKER}2 404"),
+            format!("p4ss{MARKER}"),
+            format!("k={MARKER}3"),
+        ] {
+            let scrubbed = r.scrub(&text);
+            assert!(!scrubbed.contains(MARKER), "{text} -> {scrubbed}");
+            assert!(scrubbed.contains("[redacted]"), "{text} -> {scrubbed}");
+        }
+        assert_eq!(r.scrub("port 25"), "port 25", "too short to be scrubbed");
+        assert_eq!(
+            r.scrub("connection failed"),
+            "connection failed",
+            "a word, not a token"
+        );
+        assert!(!format!("{r:?}").contains(MARKER));
+        let invalid = AlertError::Invalid {
+            name: "team".into(),
+            reason: format!("email.port \"{MARKER}\" is not a port number"),
+        };
+        let mut secrets = Redactions::default();
+        secrets.add(MARKER);
+        assert_eq!(
+            invalid.scrubbed(&secrets).to_string(),
+            "AlertConfig team: email.port \"[redacted]\" is not a port number"
         );
     }
 

@@ -15,8 +15,11 @@
 //! so a bad template is caught by [`validate`] instead of at alert time. Inside `range`, `.` is
 //! the current tag as in Go, so `.NewTag` there is an error (Go fails at execution); `$.NewTag`
 //! reaches the top-level value.
-
-use std::fmt::Write as _;
+//!
+//! Limits, because one kimup renders the templates of every tenant on its runtime workers:
+//! `range` nests at most [`MAX_NESTING`] deep (checked when parsing), one rendering runs at
+//! most [`MAX_ITERATIONS`] range iterations in total and writes at most [`MAX_OUTPUT`] bytes.
+//! Reaching one is a [`TemplateError`] pointing at the action that reached it.
 
 /// Default alert subject.
 pub const DEFAULT_SUBJECT: &str = "[kimup] New tag {{ .NewTag }} for {{ .ImageName }}";
@@ -31,6 +34,19 @@ Available tags:
 {{ range .AvailableTags -}}
 - {{ . }}
 {{ end }}";
+
+/// Deepest nesting of `range`: each level multiplies the work by the number of tags, and the
+/// renderer recurses once per level.
+pub const MAX_NESTING: usize = 3;
+
+/// Most `range` iterations one rendering may run, all ranges together: three nested ranges over
+/// 1,000 tags would otherwise run 10^9 on a runtime worker of the process that serves every
+/// cluster.
+pub const MAX_ITERATIONS: usize = 100_000;
+
+/// Largest rendered text, in bytes (Slack takes 40,000 characters, Discord 2,000; e-mail bodies
+/// of this size are already unusual).
+pub const MAX_OUTPUT: usize = 64 * 1024;
 
 const VARIABLES: &str =
     ".Namespace, .Name, .ImageName, .BaseTag, .NewTag, .ActualTag, .AvailableTags";
@@ -108,6 +124,18 @@ pub enum TemplateErrorKind {
     /// `{{ range }}` never closed.
     #[error("{{{{ range }}}} is not closed by {{{{ end }}}}")]
     UnclosedRange,
+    /// `range` nested deeper than [`MAX_NESTING`].
+    #[error("range nested more than {MAX_NESTING} levels deep")]
+    TooDeep,
+    /// More than [`MAX_ITERATIONS`] `range` iterations in one rendering.
+    #[error(
+        "rendering needs more than {MAX_ITERATIONS} range iterations (nested ranges multiply \
+         the number of tags): nest fewer ranges"
+    )]
+    TooManyIterations,
+    /// A rendered text longer than [`MAX_OUTPUT`] bytes.
+    #[error("the rendered text is longer than {MAX_OUTPUT} bytes")]
+    TooLong,
     /// Any other action.
     #[error(
         "unsupported action {0:?}: only variables ({VARIABLES}), {{{{ range .AvailableTags }}}}, \
@@ -116,12 +144,19 @@ pub enum TemplateErrorKind {
     UnsupportedAction(String),
 }
 
-/// Renders `template` with the values of `ctx`.
+/// Renders `template` with the values of `ctx`, within [`MAX_ITERATIONS`] and [`MAX_OUTPUT`].
 pub fn render(template: &str, ctx: &AlertContext) -> Result<String, TemplateError> {
     let nodes = parse(template)?;
-    let mut out = String::with_capacity(template.len());
-    render_nodes(&nodes, ctx, None, &mut out);
-    Ok(out)
+    let mut renderer = Renderer {
+        ctx,
+        tags_len: ctx.available_tags.iter().map(String::len).sum(),
+        iterations: 0,
+        out: String::with_capacity(template.len().min(MAX_OUTPUT)),
+    };
+    renderer
+        .nodes(&nodes, None)
+        .map_err(|(offset, kind)| error_at(template, offset, kind))?;
+    Ok(renderer.out)
 }
 
 /// Checks that `template` parses, without rendering it.
@@ -155,8 +190,16 @@ impl Var {
     }
 }
 
+/// A piece of a parsed template, with the byte offset where it starts: limits are reached while
+/// rendering, and the error points at the piece that reached them.
 #[derive(Debug, PartialEq)]
-enum Node {
+struct Node {
+    start: usize,
+    kind: NodeKind,
+}
+
+#[derive(Debug, PartialEq)]
+enum NodeKind {
     Text(String),
     Var(Var),
     /// `{{ . }}` inside `range`.
@@ -178,37 +221,97 @@ enum Token {
     Other,
 }
 
-fn render_nodes(nodes: &[Node], ctx: &AlertContext, dot: Option<&str>, out: &mut String) {
-    for node in nodes {
-        match node {
-            Node::Text(text) => out.push_str(text),
-            Node::Var(var) => write_var(*var, ctx, out),
-            Node::Dot => out.push_str(dot.unwrap_or_default()),
-            Node::Join(separator) => out.push_str(&ctx.available_tags.join(separator)),
-            Node::Range(body) => {
-                for tag in &ctx.available_tags {
-                    render_nodes(body, ctx, Some(tag), out);
+/// Rendering state: the text so far and what is left of the budget.
+struct Renderer<'a> {
+    ctx: &'a AlertContext,
+    /// Bytes of all the tags together, to size a `join` or `.AvailableTags` before writing it.
+    tags_len: usize,
+    /// `range` iterations run so far, all ranges together.
+    iterations: usize,
+    out: String,
+}
+
+/// A limit reached while rendering, at the byte offset of the piece that reached it.
+type RenderError = (usize, TemplateErrorKind);
+
+impl Renderer<'_> {
+    fn nodes(&mut self, nodes: &[Node], dot: Option<&str>) -> Result<(), RenderError> {
+        // A copy of the reference, so that iterating over the tags does not borrow `self`.
+        let ctx = self.ctx;
+        for node in nodes {
+            match &node.kind {
+                NodeKind::Text(text) => self.push(node.start, text)?,
+                NodeKind::Var(var) => self.var(node.start, *var)?,
+                NodeKind::Dot => self.push(node.start, dot.unwrap_or_default())?,
+                NodeKind::Join(separator) => self.join(node.start, separator, "", "")?,
+                NodeKind::Range(body) => {
+                    for tag in &ctx.available_tags {
+                        self.iterations += 1;
+                        if self.iterations > MAX_ITERATIONS {
+                            return Err((node.start, TemplateErrorKind::TooManyIterations));
+                        }
+                        self.nodes(body, Some(tag))?;
+                    }
                 }
             }
         }
+        Ok(())
     }
-}
 
-fn write_var(var: Var, ctx: &AlertContext, out: &mut String) {
-    let text = match var {
-        Var::Namespace => &ctx.namespace,
-        Var::Name => &ctx.name,
-        Var::ImageName => &ctx.image_name,
-        Var::BaseTag => &ctx.base_tag,
-        Var::NewTag => &ctx.new_tag,
-        Var::ActualTag => &ctx.actual_tag,
-        Var::AvailableTags => {
-            // Go's fmt prints a []string as `[a b c]`.
-            let _ = write!(out, "[{}]", ctx.available_tags.join(" "));
-            return;
+    /// Fails when `len` more bytes would take the text past [`MAX_OUTPUT`].
+    fn reserve(&self, start: usize, len: usize) -> Result<(), RenderError> {
+        if self.out.len().saturating_add(len) > MAX_OUTPUT {
+            return Err((start, TemplateErrorKind::TooLong));
         }
-    };
-    out.push_str(text);
+        Ok(())
+    }
+
+    fn push(&mut self, start: usize, text: &str) -> Result<(), RenderError> {
+        self.reserve(start, text.len())?;
+        self.out.push_str(text);
+        Ok(())
+    }
+
+    /// The tags joined by `separator` between `open` and `close`, sized before it is written.
+    fn join(
+        &mut self,
+        start: usize,
+        separator: &str,
+        open: &str,
+        close: &str,
+    ) -> Result<(), RenderError> {
+        let tags = &self.ctx.available_tags;
+        let len = separator
+            .len()
+            .saturating_mul(tags.len().saturating_sub(1))
+            .saturating_add(self.tags_len)
+            .saturating_add(open.len() + close.len());
+        self.reserve(start, len)?;
+        self.out.push_str(open);
+        for (i, tag) in tags.iter().enumerate() {
+            if i > 0 {
+                self.out.push_str(separator);
+            }
+            self.out.push_str(tag);
+        }
+        self.out.push_str(close);
+        Ok(())
+    }
+
+    fn var(&mut self, start: usize, var: Var) -> Result<(), RenderError> {
+        let ctx = self.ctx;
+        let text = match var {
+            Var::Namespace => &ctx.namespace,
+            Var::Name => &ctx.name,
+            Var::ImageName => &ctx.image_name,
+            Var::BaseTag => &ctx.base_tag,
+            Var::NewTag => &ctx.new_tag,
+            Var::ActualTag => &ctx.actual_tag,
+            // Go's fmt prints a []string as `[a b c]`.
+            Var::AvailableTags => return self.join(start, " ", "[", "]"),
+        };
+        self.push(start, text)
+    }
 }
 
 fn is_space(c: char) -> bool {
@@ -247,10 +350,10 @@ fn parse(template: &str) -> Result<Vec<Node>, TemplateError> {
     let mut cursor = 0;
     while let Some(found) = template[cursor..].find("{{") {
         let start = cursor + found;
-        parser.push_text(&template[cursor..start]);
+        parser.push_text(cursor, &template[cursor..start]);
         cursor = parser.action(start)?;
     }
-    parser.push_text(&template[cursor..]);
+    parser.push_text(cursor, &template[cursor..]);
     if let Some((_, start)) = parser.open.last() {
         return Err(parser.error(*start, TemplateErrorKind::UnclosedRange));
     }
@@ -262,15 +365,23 @@ impl Parser<'_> {
         error_at(self.template, offset, kind)
     }
 
-    fn push_text(&mut self, text: &str) {
-        let text = if std::mem::take(&mut self.trim_next) {
+    /// Adds the text found at byte `start`.
+    fn push_text(&mut self, start: usize, text: &str) {
+        let kept = if std::mem::take(&mut self.trim_next) {
             text.trim_start_matches(is_space)
         } else {
             text
         };
-        if !text.is_empty() {
-            self.current.push(Node::Text(text.to_string()));
+        if !kept.is_empty() {
+            self.push(
+                start + (text.len() - kept.len()),
+                NodeKind::Text(kept.to_string()),
+            );
         }
+    }
+
+    fn push(&mut self, start: usize, kind: NodeKind) {
+        self.current.push(Node { start, kind });
     }
 
     /// Parses the action whose `{{` is at `start`; returns the offset just past its `}}`.
@@ -278,7 +389,12 @@ impl Parser<'_> {
         let inner_start = start + 2;
         let rest = &self.template[inner_start..];
         let left_trim = rest.starts_with('-') && rest[1..].starts_with(is_space);
-        if left_trim && let Some(Node::Text(text)) = self.current.last_mut() {
+        if left_trim
+            && let Some(Node {
+                kind: NodeKind::Text(text),
+                ..
+            }) = self.current.last_mut()
+        {
             let kept = text.trim_end_matches(is_space).len();
             text.truncate(kept);
             if text.is_empty() {
@@ -333,19 +449,23 @@ impl Parser<'_> {
         match tokens.as_slice() {
             [] => Err(err(TemplateErrorKind::EmptyAction)),
             [Token::Dot] if in_range => {
-                self.current.push(Node::Dot);
+                self.push(start, NodeKind::Dot);
                 Ok(())
             }
             [Token::Dot] => Err(err(TemplateErrorKind::DotOutsideRange)),
             [token @ (Token::Field(name) | Token::Root(name))] => {
                 let rooted = matches!(token, Token::Root(_));
                 let var = self.variable(start, name, rooted, in_range)?;
-                self.current.push(Node::Var(var));
+                self.push(start, NodeKind::Var(var));
                 Ok(())
             }
             [Token::Ident(word), args @ ..] => match (word.as_str(), args) {
                 ("range", [list]) => {
                     self.list(start, "range", list, in_range)?;
+                    // Checked while parsing, so that no depth of nesting is ever built.
+                    if self.open.len() >= MAX_NESTING {
+                        return Err(err(TemplateErrorKind::TooDeep));
+                    }
                     let outer = std::mem::take(&mut self.current);
                     self.open.push((outer, start));
                     Ok(())
@@ -354,9 +474,9 @@ impl Parser<'_> {
                     "range expects one list, as in {{ range .AvailableTags }}",
                 ))),
                 ("end", []) => match self.open.pop() {
-                    Some((outer, _)) => {
+                    Some((outer, range_start)) => {
                         let body = std::mem::replace(&mut self.current, outer);
-                        self.current.push(Node::Range(body));
+                        self.push(range_start, NodeKind::Range(body));
                         Ok(())
                     }
                     None => Err(err(TemplateErrorKind::UnexpectedEnd)),
@@ -366,20 +486,16 @@ impl Parser<'_> {
                 ))),
                 ("join", [list, Token::Str(separator)]) => {
                     self.list(start, "join", list, in_range)?;
-                    self.current.push(Node::Join(separator.clone()));
+                    self.push(start, NodeKind::Join(separator.clone()));
                     Ok(())
                 }
                 ("join", _) => Err(err(TemplateErrorKind::BadArguments(
                     "join expects a list and a quoted separator, as in \
                      {{ join .AvailableTags \", \" }}",
                 ))),
-                _ => Err(err(TemplateErrorKind::UnsupportedAction(
-                    content.trim_matches(is_space).to_string(),
-                ))),
+                _ => Err(err(TemplateErrorKind::UnsupportedAction(brief(content)))),
             },
-            _ => Err(err(TemplateErrorKind::UnsupportedAction(
-                content.trim_matches(is_space).to_string(),
-            ))),
+            _ => Err(err(TemplateErrorKind::UnsupportedAction(brief(content)))),
         }
     }
 
@@ -424,6 +540,17 @@ impl Parser<'_> {
             }
             _ => Err(not_a_list(&describe(token))),
         }
+    }
+}
+
+/// An action's content as quoted in an error: the start is enough to find it, and the message
+/// lands in an Image's status.
+fn brief(content: &str) -> String {
+    const QUOTED: usize = 60;
+    let content = content.trim_matches(is_space);
+    match content.char_indices().nth(QUOTED) {
+        Some((cut, _)) => format!("{}…", &content[..cut]),
+        None => content.to_string(),
     }
 }
 
@@ -882,6 +1009,120 @@ mod tests {
                 "{template}"
             );
         }
+    }
+
+    /// A context with `n` tags, as a registry with a long history has.
+    fn many_tags(n: usize) -> AlertContext {
+        AlertContext {
+            available_tags: (0..n).map(|i| format!("1.0.{i}")).collect(),
+            ..ctx()
+        }
+    }
+
+    /// Renders on a thread of its own and gives up after `limit`: a bomb on the old code must
+    /// fail the test, not hang the test run (the thread is left to finish on its own).
+    fn render_within(
+        template: &'static str,
+        ctx: AlertContext,
+        limit: std::time::Duration,
+    ) -> Result<String, TemplateError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(render(template, &ctx));
+        });
+        rx.recv_timeout(limit)
+            .unwrap_or_else(|_| panic!("rendering {template:?} took more than {limit:?}"))
+    }
+
+    #[test]
+    fn nested_range_bomb_is_refused_fast() {
+        // Three nested ranges over 1,000 tags: 10^9 iterations if nothing stops them.
+        let silent = "{{ range .AvailableTags }}{{ range $.AvailableTags }}\
+                      {{ range $.AvailableTags }}{{ end }}{{ end }}{{ end }}";
+        let err = render_within(silent, many_tags(1000), std::time::Duration::from_secs(5))
+            .expect_err("a 10^9-iteration template is refused");
+        assert_eq!(err.kind, TemplateErrorKind::TooManyIterations);
+        assert_eq!(
+            err.to_string(),
+            "template error at line 1, column 54: rendering needs more than 100000 range \
+             iterations (nested ranges multiply the number of tags): nest fewer ranges"
+        );
+        // The same bomb writing each tag stops at the size cap, long before memory runs out.
+        let loud = "{{ range .AvailableTags }}{{ range $.AvailableTags }}\
+                    {{ range $.AvailableTags }}{{ . }}{{ end }}{{ end }}{{ end }}";
+        let err = render_within(loud, many_tags(1000), std::time::Duration::from_secs(5))
+            .expect_err("a 4 GB text is refused");
+        assert_eq!(err.kind, TemplateErrorKind::TooLong);
+        assert_eq!(
+            err.to_string(),
+            "template error at line 1, column 81: the rendered text is longer than 65536 bytes"
+        );
+    }
+
+    #[test]
+    fn nesting_is_limited_when_parsing() {
+        let three = "{{ range .AvailableTags }}{{ range $.AvailableTags }}\
+                     {{ range $.AvailableTags }}{{ . }}{{ end }}{{ end }}{{ end }}";
+        assert_eq!(
+            ok(three).len(),
+            8 * "v1.1.0".len(),
+            "three levels are allowed"
+        );
+        let four = "{{ range .AvailableTags }}{{ range $.AvailableTags }}\
+                    {{ range $.AvailableTags }}\n{{ range $.AvailableTags }}{{ end }}\
+                    {{ end }}{{ end }}{{ end }}";
+        assert_eq!(
+            fail(four).to_string(),
+            "template error at line 2, column 1: range nested more than 3 levels deep"
+        );
+        // Deep nesting is refused before it can recurse, however deep it goes.
+        let deep = "{{ range $.AvailableTags }}".repeat(10_000) + &"{{ end }}".repeat(10_000);
+        assert_eq!(kind(&deep), TemplateErrorKind::TooDeep);
+    }
+
+    #[test]
+    fn output_is_limited() {
+        // One big text: a join over many tags is checked before it is written.
+        let tags = many_tags(20_000);
+        for template in ["{{ join .AvailableTags \", \" }}", "{{ .AvailableTags }}"] {
+            assert_eq!(
+                render(template, &tags).map(|s| s.len()).map_err(|e| e.kind),
+                Err(TemplateErrorKind::TooLong),
+                "{template}"
+            );
+        }
+        // Text repeated by a range.
+        let template = format!(
+            "{{{{ range .AvailableTags }}}}{}{{{{ end }}}}",
+            "x".repeat(1024)
+        );
+        assert_eq!(
+            render(&template, &many_tags(100))
+                .map(|s| s.len())
+                .map_err(|e| (e.kind, e.column)),
+            Err((TemplateErrorKind::TooLong, 27))
+        );
+        // Just under the cap is fine.
+        let c = AlertContext {
+            new_tag: "y".repeat(MAX_OUTPUT - 1),
+            ..ctx()
+        };
+        assert_eq!(
+            render("{{ .NewTag }}!", &c).map(|s| s.len()),
+            Ok(MAX_OUTPUT)
+        );
+        assert_eq!(
+            render("{{ .NewTag }}!!", &c).map_err(|e| (e.kind, e.column)),
+            Err((TemplateErrorKind::TooLong, 14))
+        );
+    }
+
+    #[test]
+    fn unsupported_actions_are_quoted_briefly() {
+        let long = format!("{{{{ if {} }}}}", "x".repeat(5000));
+        let err = fail(&long).to_string();
+        assert!(err.len() < 400, "{} bytes: {err}", err.len());
+        assert!(err.contains("unsupported action \"if xxxx"), "{err}");
     }
 
     proptest! {

@@ -4,6 +4,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::limits;
 use super::value::ValueOrValueFrom;
 
 /// Alert destinations; one AlertConfig may configure several.
@@ -41,16 +42,20 @@ pub struct DiscordSpec {
     pub webhook_url: ValueOrValueFrom,
     /// Users or roles to mention.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = limits::MENTIONS), inner(length(max = limits::MENTION)))]
     pub mentions: Vec<String>,
     /// Request time limit, e.g. `10s` (default 10s, at most 60s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::TIMEOUT))]
     pub timeout: Option<String>,
     /// Message template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::TEMPLATE))]
     pub template_body: Option<String>,
     /// kimup's documented path to a template file. Not supported: a central controller must not
     /// read files named by users; an alert using it fails with a message asking for templateBody.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::TEMPLATE_FILE))]
     pub template_file: Option<String>,
 }
 
@@ -63,12 +68,15 @@ pub struct SlackSpec {
     pub webhook_url: ValueOrValueFrom,
     /// Channel override.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::CHANNEL))]
     pub channel: Option<String>,
     /// Request time limit, e.g. `10s` (default 10s, at most 60s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::TIMEOUT))]
     pub timeout: Option<String>,
     /// Message template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::TEMPLATE))]
     pub template_body: Option<String>,
 }
 
@@ -80,12 +88,15 @@ pub struct WebhookSpec {
     pub url: ValueOrValueFrom,
     /// Extra headers, e.g. an Authorization header from a Secret.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = limits::HEADERS))]
     pub headers: Vec<WebhookHeader>,
     /// Request time limit, e.g. `10s` (default 10s, at most 60s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::TIMEOUT))]
     pub timeout: Option<String>,
     /// Template of the `text` field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::TEMPLATE))]
     pub template_body: Option<String>,
 }
 
@@ -93,6 +104,7 @@ pub struct WebhookSpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct WebhookHeader {
     /// Header name.
+    #[schemars(length(max = limits::HEADER_NAME))]
     pub name: String,
     /// Header value.
     pub value: ValueOrValueFrom,
@@ -150,15 +162,18 @@ pub struct EmailSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<EmailAuth>,
     /// Sender address.
+    #[schemars(length(max = limits::EMAIL_ADDRESS))]
     pub from_address: String,
     /// Sender display name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::EMAIL_NAME))]
     pub from_name: Option<String>,
     /// Recipients.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = limits::RECIPIENTS), inner(length(max = limits::EMAIL_ADDRESS)))]
     pub to_address: Vec<String>,
     /// Name sent in EHLO (`auto` = host name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::HOST_NAME))]
     pub client_host: Option<String>,
     /// Transport encryption.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -175,8 +190,10 @@ pub struct EmailSpec {
     pub use_start_tls: Option<bool>,
     /// Subject template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::SUBJECT_TEMPLATE))]
     pub template_subject: Option<String>,
     /// Body template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::TEMPLATE))]
     pub template_body: Option<String>,
 }

@@ -6,6 +6,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::limits;
 use super::value::ValueOrValueFrom;
 use crate::rules::RuleType;
 
@@ -29,9 +30,11 @@ use crate::rules::RuleType;
 pub struct ImageSpec {
     /// Image repository without tag, e.g. `nginx`, `ghcr.io/org/app`, `registry:5000/team/app`.
     #[x_kube(validation = Rule::new("self.size() > 0").message("image must not be empty"))]
+    #[schemars(length(max = limits::IMAGE))]
     pub image: String,
     /// Secrets (dockerconfigjson or dockercfg) in the Image's namespace used to reach the registry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = limits::PULL_SECRETS))]
     pub image_pull_secrets: Vec<LocalObjectReference>,
     /// Skip TLS certificate verification for this registry (self-signed certificates).
     #[serde(
@@ -42,12 +45,15 @@ pub struct ImageSpec {
     pub insecure_skip_tls_verify: bool,
     /// Tag to start from when no tag has been chosen yet.
     #[serde(default = "default_base_tag")]
+    #[schemars(length(max = limits::TAG))]
     pub base_tag: String,
     /// When to check the registry.
     #[x_kube(validation = Rule::new("self.size() >= 1").message("at least one trigger is required"))]
+    #[schemars(length(max = limits::TRIGGERS))]
     pub triggers: Vec<Trigger>,
     /// Which new tags qualify, evaluated in order, each with its actions.
     #[x_kube(validation = Rule::new("self.size() >= 1").message("at least one rule is required"))]
+    #[schemars(length(max = limits::RULES))]
     pub rules: Vec<ImageRule>,
 }
 
@@ -74,6 +80,7 @@ pub struct Trigger {
     pub type_: TriggerType,
     /// Cron expression for `crontab`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::CRON))]
     pub value: Option<String>,
 }
 
@@ -82,15 +89,18 @@ pub struct Trigger {
 #[x_kube(validation = Rule::new("self.type != 'regex' || (has(self.value) && self.value.size() > 0)").message("a regex rule needs a regular expression in value"))]
 pub struct ImageRule {
     /// Name, used in events, alerts and status.
+    #[schemars(length(max = limits::RULE_NAME))]
     pub name: String,
     /// Rule kind.
     #[serde(rename = "type")]
     pub type_: RuleType,
     /// Regex for `regex`; optional extra semver constraint (e.g. `>=1.2, <2`) for `semver-*`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::RULE_VALUE))]
     pub value: Option<String>,
     /// What to do when the rule selects a new tag.
     #[x_kube(validation = Rule::new("self.size() >= 1").message("at least one action is required"))]
+    #[schemars(length(max = limits::ACTIONS))]
     pub actions: Vec<ImageAction>,
 }
 

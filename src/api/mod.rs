@@ -2,6 +2,7 @@
 
 pub mod alert_config;
 pub mod image;
+pub mod limits;
 pub mod value;
 
 pub use alert_config::{AlertConfig, AlertConfigSpec};

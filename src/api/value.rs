@@ -4,12 +4,15 @@ use k8s_openapi::api::core::v1::{ConfigMapKeySelector, LocalObjectReference, Sec
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::limits;
+
 /// A string given inline or read from a Secret or ConfigMap key (or, for alert actions, an AlertConfig).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ValueOrValueFrom {
     /// The value itself; ignored when `valueFrom` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::VALUE))]
     pub value: Option<String>,
     /// Where to read the value from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -32,9 +35,11 @@ pub struct ValueFromSource {
     /// Compatibility: kimup's email documentation indents `name`/`key` one level too high, next
     /// to an empty `secretKeyRef`. Such manifests are read as a Secret reference.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::OBJECT_NAME))]
     pub name: Option<String>,
     /// Compatibility companion of `name` (see there).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::OBJECT_NAME))]
     pub key: Option<String>,
 }
 
