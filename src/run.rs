@@ -213,6 +213,8 @@ pub fn shared(args: &RunArgs) -> Result<Arc<Shared>> {
     let http = reqwest::Client::builder()
         .user_agent(concat!("kimup/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(5))
+        // A receiver must not bounce kimup's POST (with its headers) to another address.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .context("building the alert HTTP client")?;
     let leadership = if args.leader_elect {
