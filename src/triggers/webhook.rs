@@ -1,6 +1,7 @@
 //! Registry webhook payloads: which repositories were pushed (pure parsers, one per source), and
 //! whether a request comes from its source (pure checks of tokens and signatures).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,7 +21,7 @@ pub struct RepoEvent {
 }
 
 /// Payload sources, as in `/webhooks/{source}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Source {
     /// `{"repository": "host/repo", "tag": "..."}` or `{"image": "host/repo:tag"}`.
     Generic,
@@ -37,7 +38,7 @@ pub enum Source {
 }
 
 impl Source {
-    /// Every source, in declaration order (`source as usize` indexes this array).
+    /// Every source.
     pub const ALL: [Source; 6] = [
         Source::Generic,
         Source::DockerHub,
@@ -286,14 +287,17 @@ impl std::fmt::Debug for Secret {
 /// The secret of each source, and the shared token that serves sources without their own.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Secrets {
-    own: [Option<Secret>; Source::ALL.len()],
+    own: HashMap<Source, Secret>,
     token: Option<Secret>,
 }
 
 impl Secrets {
     /// Sets (or, with None, clears) `source`'s own secret.
     pub fn set(&mut self, source: Source, secret: Option<Secret>) {
-        self.own[source as usize] = secret;
+        match secret {
+            Some(secret) => self.own.insert(source, secret),
+            None => self.own.remove(&source),
+        };
     }
 
     /// Sets (or clears) the shared token.
@@ -304,21 +308,19 @@ impl Secrets {
     /// The secret `source`'s requests are checked against: its own, else the shared token. None
     /// turns the source off.
     pub fn for_source(&self, source: Source) -> Option<&Secret> {
-        self.own[source as usize].as_ref().or(self.token.as_ref())
+        self.own.get(&source).or(self.token.as_ref())
     }
 
     /// Whether `source` has a secret of its own (rather than the shared token).
     pub fn has_own(&self, source: Source) -> bool {
-        self.own[source as usize].is_some()
+        self.own.contains_key(&source)
     }
 
     /// These secrets, completed by `fallback`'s where they have none (flags over files).
     pub fn or(&self, fallback: &Secrets) -> Secrets {
         let mut out = self.clone();
-        for (mine, theirs) in out.own.iter_mut().zip(&fallback.own) {
-            if mine.is_none() {
-                mine.clone_from(theirs);
-            }
+        for (source, secret) in &fallback.own {
+            out.own.entry(*source).or_insert_with(|| secret.clone());
         }
         if out.token.is_none() {
             out.token.clone_from(&fallback.token);
@@ -922,6 +924,15 @@ mod tests {
         let err = read_secrets_dir(dir.path()).expect_err("a folder is no secret");
         assert_eq!(err.metric_label(), "file_unreadable");
         assert!(!err.to_string().contains("gh-key"), "{err}");
+    }
+
+    #[test]
+    fn source_names_round_trip() {
+        // `/webhooks/{name}`, the secret files and the variables all use name(); FromStr must
+        // find every source by it.
+        for source in Source::ALL {
+            assert_eq!(source.name().parse::<Source>(), Ok(source));
+        }
     }
 
     #[test]
