@@ -87,11 +87,9 @@ pub struct RunArgs {
     /// Timeout of one registry request (e.g. 30s).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub registry_timeout: Duration,
-    /// Token that registry webhooks must present (`Authorization: Bearer T` or `?token=T`) on
-    /// `/webhooks/{generic,dockerhub,harbor,distribution,ghcr,quay}`; webhooks are off without one.
-    /// Prefer the KIMUP_WEBHOOK_TOKEN variable: flags show in process listings.
-    #[arg(long)]
-    pub webhook_token: Option<String>,
+    /// Secrets of `/webhooks/{generic,dockerhub,harbor,distribution,ghcr,quay}`.
+    #[command(flatten)]
+    pub webhooks: server::WebhookArgs,
     /// Images synced concurrently per cluster.
     #[arg(long, default_value_t = 16)]
     pub concurrency: u16,
@@ -243,15 +241,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding --listen-addr {}", args.listen_addr))?;
     info!(addr = %listener.local_addr()?, "serving /metrics /healthz /readyz /clusters");
-    let webhook_token = args
-        .webhook_token
-        .clone()
-        .filter(|t| !t.is_empty())
-        .or_else(|| {
-            std::env::var("KIMUP_WEBHOOK_TOKEN")
-                .ok()
-                .filter(|t| !t.is_empty())
-        });
+    let webhooks = Arc::new(server::WebhookAuth::new(&args.webhooks)?);
     let server = tokio::spawn(server::serve(
         listener,
         server::ServerState {
@@ -259,7 +249,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             readiness: readiness.clone(),
             shared: shared.clone(),
             leader: leadership.clone(),
-            webhook_token: webhook_token.map(Arc::from),
+            webhooks,
         },
     ));
 

@@ -1,23 +1,30 @@
 //! HTTP endpoints: `/metrics`, `/healthz`, `/readyz` (whether this replica can serve),
 //! `/clusters` (each member cluster's state, as JSON), `/webhooks/*`.
 
+mod webhook_auth;
+
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, SecondsFormat, Utc};
 use kube::runtime::reflector::Store;
 use serde::Serialize;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::api::Image;
 use crate::sync::Shared;
-use crate::triggers::webhook::{Source, WebhookError, parse};
+use crate::triggers::webhook::{AuthError, Source, authenticate, parse};
+pub use webhook_auth::{
+    FailureLimiter, FailureLimits, SECRETS_RELOAD, SecretFlag, Verdict, WebhookArgs, WebhookAuth,
+};
 
 /// What is known about one member cluster.
 #[derive(Clone)]
@@ -231,8 +238,8 @@ pub struct ServerState {
     pub shared: Arc<Shared>,
     /// Whether this replica may act (webhooks are answered 503 on a standby).
     pub leader: crate::leader::Leadership,
-    /// Token webhooks must present; webhooks are disabled without one.
-    pub webhook_token: Option<Arc<str>>,
+    /// Webhook secrets and the failed-authentication limiter.
+    pub webhooks: Arc<WebhookAuth>,
 }
 
 /// Largest webhook body accepted: registry payloads are a few KiB.
@@ -247,8 +254,35 @@ pub async fn serve(listener: tokio::net::TcpListener, state: ServerState) -> std
         .route("/clusters", get(clusters))
         .route("/webhooks/{source}", post(webhook))
         .layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT))
-        .with_state(state);
-    axum::serve(listener, app).await
+        .with_state(state.clone());
+    // Re-reads the secrets folder while serving, so that a rotated Secret needs no restart.
+    let reloader = state.webhooks.has_dir().then(|| {
+        let auth = state.webhooks.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SECRETS_RELOAD);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The first tick is immediate, and the folder was just read.
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let auth = auth.clone();
+                // Files may sit on a slow volume: keep the blocking reads off the runtime.
+                if let Err(e) = tokio::task::spawn_blocking(move || auth.reload()).await {
+                    warn!(error = %e, "webhook secrets reload panicked");
+                }
+            }
+        })
+    });
+    // The client address keys the failed-authentication limiter.
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await;
+    if let Some(r) = reloader {
+        r.abort();
+    }
+    served
 }
 
 async fn readyz(State(state): State<ServerState>) -> (StatusCode, String) {
@@ -267,77 +301,65 @@ async fn clusters(State(state): State<ServerState>) -> axum::Json<Vec<ClusterRep
     axum::Json(state.health.clusters())
 }
 
-/// Whether the request carries the token, as a bearer header or a `token` query parameter (some
-/// registries, Docker Hub among them, cannot set headers).
-pub fn authorised(expected: &str, authorization: Option<&str>, query: Option<&str>) -> bool {
-    let from_header = authorization
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim);
-    // Query values arrive percent-encoded: a token with `+`, `/` or `=` must still match.
-    let from_query = query.and_then(|q| {
-        reqwest::Url::parse(&format!("http://query.invalid/?{q}"))
-            .ok()?
-            .query_pairs()
-            .find_map(|(k, v)| (k == "token").then(|| v.into_owned()))
-    });
-    from_header
-        .map(str::to_string)
-        .into_iter()
-        .chain(from_query)
-        .any(|t| constant_time_eq(t.as_bytes(), expected.as_bytes()))
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+fn text(code: StatusCode, body: impl Into<String>) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body.into(),
+    )
+        .into_response()
 }
 
 async fn webhook(
     State(state): State<ServerState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(source): Path<String>,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> (StatusCode, [(&'static str, &'static str); 1], String) {
-    let plain = [("content-type", "text/plain")];
-    let Some(token) = &state.webhook_token else {
-        return (
-            StatusCode::NOT_FOUND,
-            plain,
-            "webhooks are disabled: start kimup with KIMUP_WEBHOOK_TOKEN\n".into(),
-        );
-    };
-    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
-    if !authorised(token, authorization, uri.query()) {
-        crate::metrics::webhook(&source, "unauthorized");
-        return (
-            StatusCode::UNAUTHORIZED,
-            plain,
-            "missing or wrong webhook token\n".into(),
-        );
-    }
-    let parsed = source.parse::<Source>().and_then(|s| parse(s, &body));
-    let events = match parsed {
-        Ok(events) => events,
+) -> Response {
+    // The source decides which secret and which scheme apply. An unknown one has nothing to
+    // authenticate against: 404, not counted as a failed authentication.
+    let kind = match source.parse::<Source>() {
+        Ok(kind) => kind,
         Err(e) => {
             crate::metrics::webhook(&source, e.metric_label());
-            warn!(source = %source, error = %e, "webhook refused");
-            let code = if matches!(e, WebhookError::UnknownSource(_)) {
-                StatusCode::NOT_FOUND
-            } else {
-                StatusCode::BAD_REQUEST
-            };
-            return (code, plain, format!("{e}\n"));
+            return text(StatusCode::NOT_FOUND, format!("{e}\n"));
+        }
+    };
+    let secrets = state.webhooks.secrets();
+    // A source without a secret is off: 404, as an endpoint that does not exist (401 would
+    // invite guessing a credential that nothing would accept).
+    let Some(secret) = secrets.for_source(kind) else {
+        let e = AuthError::Disabled(kind.name());
+        crate::metrics::webhook(kind.name(), e.metric_label());
+        return text(
+            StatusCode::NOT_FOUND,
+            format!(
+                "{e}; set KIMUP_WEBHOOK_SECRET_{} or KIMUP_WEBHOOK_TOKEN\n",
+                kind.name().to_uppercase()
+            ),
+        );
+    };
+    if let Err(e) = authenticate(kind, secret, &headers, uri.query(), &body) {
+        return refused(&state, kind, peer, &e);
+    }
+    let events = match parse(kind, &body) {
+        Ok(events) => events,
+        Err(e) => {
+            crate::metrics::webhook(kind.name(), e.metric_label());
+            warn!(source = kind.name(), error = %e, "webhook refused");
+            return text(StatusCode::BAD_REQUEST, format!("{e}\n"));
         }
     };
     // A standby must not act, and would lose the push: ask the sender to retry (the Service may
     // route the retry to the leader; distribution retries with backoff).
     if !state.leader.is_held() {
-        crate::metrics::webhook(&source, "not_leader");
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [("retry-after", "1")],
-            "not the leader\n".into(),
-        );
+        crate::metrics::webhook(kind.name(), "not_leader");
+        let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "not the leader\n");
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
     }
     for event in &events {
         state
@@ -345,16 +367,51 @@ async fn webhook(
             .tags
             .invalidate(event.registry.as_deref(), &event.repository)
             .await;
-        info!(source = %source, registry = event.registry.as_deref().unwrap_or("*"), repository = %event.repository, tag = event.tag.as_deref().unwrap_or(""), "registry push announced");
+        info!(source = kind.name(), registry = event.registry.as_deref().unwrap_or("*"), repository = %event.repository, tag = event.tag.as_deref().unwrap_or(""), "registry push announced");
         // No receiver means no cluster is running yet; the start-up sync will see the push.
         let _ = state.shared.pushes.send(event.clone());
     }
-    crate::metrics::webhook(&source, "accepted");
-    (
+    crate::metrics::webhook(kind.name(), "accepted");
+    text(
         StatusCode::ACCEPTED,
-        plain,
         format!("{} push(es) accepted\n", events.len()),
     )
+}
+
+/// Answers a failed authentication: 401, or 429 with Retry-After once the client (or all
+/// clients) failed too often. The log names the client and the reason, never what was sent.
+fn refused(state: &ServerState, source: Source, peer: SocketAddr, e: &AuthError) -> Response {
+    let client = peer.ip();
+    let verdict = state.webhooks.failure(client);
+    match verdict {
+        Verdict::Unauthorized => {
+            crate::metrics::webhook(source.name(), e.metric_label());
+            warn!(source = source.name(), %client, reason = e.metric_label(), "webhook authentication failed");
+            text(StatusCode::UNAUTHORIZED, format!("{e}\n"))
+        }
+        Verdict::Limited {
+            retry_after,
+            total,
+            first,
+        } => {
+            crate::metrics::webhook(source.name(), verdict.metric_label());
+            let secs = webhook_auth::retry_after_secs(retry_after);
+            let scope = if total { "all clients" } else { "this client" };
+            // One line per episode: an attacker must not fill the logs.
+            if first {
+                warn!(source = source.name(), %client, scope, retry_after_s = secs, "too many failed webhook authentications: answering 429");
+            } else {
+                debug!(source = source.name(), %client, scope, "failed webhook authentication over the limit");
+            }
+            let mut r = text(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("too many failed authentications ({scope}); retry in {secs} s\n"),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            r
+        }
+    }
 }
 
 #[cfg(test)]
@@ -408,20 +465,5 @@ mod tests {
         );
         h.remove("east");
         assert!(h.clusters().is_empty());
-    }
-
-    #[test]
-    fn webhook_tokens() {
-        assert!(authorised("s3cret", Some("Bearer s3cret"), None));
-        assert!(authorised("s3cret", None, Some("a=1&token=s3cret")));
-        assert!(!authorised(
-            "s3cret",
-            Some("Bearer wrong"),
-            Some("token=nope")
-        ));
-        assert!(!authorised("s3cret", Some("Basic s3cret"), None));
-        assert!(!authorised("s3cret", None, None));
-        assert!(!authorised("s3cret", Some("Bearer s3cre"), None));
-        assert!(authorised("a+b/c=", None, Some("token=a%2Bb%2Fc%3D")));
     }
 }

@@ -1,6 +1,13 @@
-//! Registry webhook payloads: which repositories were pushed (pure parsers, one per source).
+//! Registry webhook payloads: which repositories were pushed (pure parsers, one per source), and
+//! whether a request comes from its source (pure checks of tokens and signatures).
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hmac::{Hmac, Mac};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 /// A push a registry told us about.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -14,7 +21,7 @@ pub struct RepoEvent {
 }
 
 /// Payload sources, as in `/webhooks/{source}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Source {
     /// `{"repository": "host/repo", "tag": "..."}` or `{"image": "host/repo:tag"}`.
     Generic,
@@ -30,19 +37,49 @@ pub enum Source {
     Quay,
 }
 
+impl Source {
+    /// Every source.
+    pub const ALL: [Source; 6] = [
+        Source::Generic,
+        Source::DockerHub,
+        Source::Harbor,
+        Source::Distribution,
+        Source::Ghcr,
+        Source::Quay,
+    ];
+
+    /// Name in `/webhooks/{name}`, in secret file names and in `KIMUP_WEBHOOK_SECRET_<NAME>`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Generic => "generic",
+            Source::DockerHub => "dockerhub",
+            Source::Harbor => "harbor",
+            Source::Distribution => "distribution",
+            Source::Ghcr => "ghcr",
+            Source::Quay => "quay",
+        }
+    }
+
+    /// How this source's requests prove who sent them (for the start-up log).
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Source::Generic => "Authorization: Bearer or X-Kimup-Signature-256",
+            Source::DockerHub | Source::Quay => "?token= or Authorization: Bearer",
+            Source::Harbor => "Authorization header",
+            Source::Distribution => "Authorization: Bearer",
+            Source::Ghcr => "X-Hub-Signature-256",
+        }
+    }
+}
+
 impl std::str::FromStr for Source {
     type Err = WebhookError;
 
     fn from_str(s: &str) -> Result<Self, WebhookError> {
-        Ok(match s {
-            "generic" => Source::Generic,
-            "dockerhub" => Source::DockerHub,
-            "harbor" => Source::Harbor,
-            "distribution" => Source::Distribution,
-            "ghcr" => Source::Ghcr,
-            "quay" => Source::Quay,
-            other => return Err(WebhookError::UnknownSource(other.to_string())),
-        })
+        Source::ALL
+            .into_iter()
+            .find(|source| source.name() == s)
+            .ok_or_else(|| WebhookError::UnknownSource(s.to_string()))
     }
 }
 
@@ -162,6 +199,11 @@ pub fn parse(source: Source, body: &[u8]) -> Result<Vec<RepoEvent>, WebhookError
             Ok(out)
         }
         Source::Ghcr => {
+            // GitHub's `ping`, sent (signed) when the webhook is created: the way to check the
+            // secret from GitHub's side. It announces nothing.
+            if v.get("zen").is_some() && v.get("package").is_none() {
+                return Ok(Vec::new());
+            }
             let pkg = &v["package"];
             if str_at(pkg, &["package_type"]).is_some_and(|t| !t.eq_ignore_ascii_case("container"))
             {
@@ -203,6 +245,317 @@ pub fn matches(event: &RepoEvent, image: &crate::registry::ImageRef) -> bool {
             .registry
             .as_deref()
             .is_none_or(|r| r == image.registry)
+}
+
+/// Header GitHub signs its deliveries with (GHCR `package` events among them).
+pub const GITHUB_SIGNATURE: &str = "x-hub-signature-256";
+/// Header a generic sender may sign with, in GitHub's scheme.
+pub const KIMUP_SIGNATURE: &str = "x-kimup-signature-256";
+/// File of a secrets folder holding the shared token (what `KIMUP_WEBHOOK_TOKEN` holds).
+pub const TOKEN_FILE: &str = "token";
+/// Secrets shorter than this are reported as guessable at start-up.
+const MIN_SECRET_LEN: usize = 16;
+
+/// A webhook secret (token or signing key). Debug never shows it, so that it cannot reach a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Arc<str>);
+
+impl Secret {
+    /// A secret from text without its surrounding whitespace (the newline `echo` leaves in a
+    /// file; no header carries it anyway); None when nothing is left.
+    pub fn new(text: &str) -> Option<Self> {
+        let text = text.trim();
+        (!text.is_empty()).then(|| Secret(Arc::from(text)))
+    }
+
+    /// Whether the secret is short enough to be guessed.
+    pub fn is_short(&self) -> bool {
+        self.0.len() < MIN_SECRET_LEN
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// The secret of each source, and the shared token that serves sources without their own.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Secrets {
+    own: HashMap<Source, Secret>,
+    token: Option<Secret>,
+}
+
+impl Secrets {
+    /// Sets (or, with None, clears) `source`'s own secret.
+    pub fn set(&mut self, source: Source, secret: Option<Secret>) {
+        match secret {
+            Some(secret) => self.own.insert(source, secret),
+            None => self.own.remove(&source),
+        };
+    }
+
+    /// Sets (or clears) the shared token.
+    pub fn set_token(&mut self, token: Option<Secret>) {
+        self.token = token;
+    }
+
+    /// The secret `source`'s requests are checked against: its own, else the shared token. None
+    /// turns the source off.
+    pub fn for_source(&self, source: Source) -> Option<&Secret> {
+        self.own.get(&source).or(self.token.as_ref())
+    }
+
+    /// Whether `source` has a secret of its own (rather than the shared token).
+    pub fn has_own(&self, source: Source) -> bool {
+        self.own.contains_key(&source)
+    }
+
+    /// These secrets, completed by `fallback`'s where they have none (flags over files).
+    pub fn or(&self, fallback: &Secrets) -> Secrets {
+        let mut out = self.clone();
+        for (source, secret) in &fallback.own {
+            out.own.entry(*source).or_insert_with(|| secret.clone());
+        }
+        if out.token.is_none() {
+            out.token.clone_from(&fallback.token);
+        }
+        out
+    }
+}
+
+/// Why a secrets folder could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    /// The folder cannot be listed.
+    #[error("listing webhook secrets folder {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file named after a source cannot be read (or is not UTF-8).
+    #[error("reading webhook secret file {path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl SecretsError {
+    /// Low-cardinality metric label.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            SecretsError::Dir { .. } => "dir_unreadable",
+            SecretsError::File { .. } => "file_unreadable",
+        }
+    }
+}
+
+/// Reads a secrets folder (such as a mounted Kubernetes Secret): the file named after a source
+/// holds its secret, `token` the shared token; a missing or empty file is no secret. Also
+/// returns the names of other files, likely misnamed secrets, sorted.
+pub fn read_secrets_dir(dir: &Path) -> Result<(Secrets, Vec<String>), SecretsError> {
+    let listing = |source| SecretsError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut unknown = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(listing)? {
+        let name = entry.map_err(listing)?.file_name();
+        let name = name.to_string_lossy();
+        // A Secret volume also holds `..data` and `..<timestamp>`, the targets of its links.
+        if name.starts_with('.') {
+            continue;
+        }
+        if name != TOKEN_FILE && name.parse::<Source>().is_err() {
+            unknown.push(name.into_owned());
+        }
+    }
+    unknown.sort();
+    let read = |name: &str| {
+        let path = dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Secret::new(&text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(SecretsError::File { path, source }),
+        }
+    };
+    let mut secrets = Secrets::default();
+    for source in Source::ALL {
+        secrets.set(source, read(source.name())?);
+    }
+    secrets.set_token(read(TOKEN_FILE)?);
+    Ok((secrets, unknown))
+}
+
+/// Why a webhook request was not let in.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    /// No secret is configured for the source: its endpoint is off.
+    #[error("webhooks from {0} are off: kimup has no secret for them")]
+    Disabled(&'static str),
+    /// The request carries none of the credentials its source uses.
+    #[error("missing credentials: expected {0}")]
+    Missing(&'static str),
+    /// A token that is not the secret.
+    #[error("wrong webhook token")]
+    WrongToken,
+    /// A signature that is not the body's under the secret, or not `sha256=<hex>`.
+    #[error("the signature does not match the body")]
+    BadSignature,
+}
+
+impl AuthError {
+    /// Low-cardinality metric label.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            AuthError::Disabled(_) => "disabled",
+            AuthError::Missing(_) => "missing_credentials",
+            AuthError::WrongToken => "wrong_token",
+            AuthError::BadSignature => "bad_signature",
+        }
+    }
+}
+
+/// Checks that a request comes from `source`'s sender, who knows `secret` (pure). Tokens and
+/// signatures are compared in constant time. What each source presents:
+/// - ghcr: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>` (GitHub signs; a token
+///   would travel in the URL, so none is accepted);
+/// - harbor: `Authorization` equal to the secret or to `Bearer <secret>` (Harbor sends its
+///   policy's "Auth Header" verbatim);
+/// - distribution: `Authorization: Bearer <secret>` (set in the endpoint's `headers`);
+/// - dockerhub, quay: `?token=<secret>` (they can set no header) or `Authorization: Bearer`;
+/// - generic: `X-Kimup-Signature-256` (GitHub's scheme) when present, else `Authorization:
+///   Bearer <secret>`.
+pub fn authenticate(
+    source: Source,
+    secret: &Secret,
+    headers: &http::HeaderMap,
+    query: Option<&str>,
+    body: &[u8],
+) -> Result<(), AuthError> {
+    // A value that is not visible ASCII is present but cannot match.
+    let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or(""));
+    let authorization = header("authorization");
+    let bearer = authorization.and_then(bearer_token);
+    match source {
+        Source::Ghcr => match header(GITHUB_SIGNATURE) {
+            Some(signature) => check_signature(secret, body, signature),
+            None => Err(AuthError::Missing("an X-Hub-Signature-256 header")),
+        },
+        Source::Generic => match header(KIMUP_SIGNATURE) {
+            Some(signature) => check_signature(secret, body, signature),
+            None => check_tokens(
+                secret,
+                &[bearer],
+                "Authorization: Bearer or X-Kimup-Signature-256",
+            ),
+        },
+        Source::Harbor => {
+            let verbatim = authorization.map(str::trim);
+            check_tokens(secret, &[verbatim, bearer], "an Authorization header")
+        }
+        Source::Distribution => check_tokens(secret, &[bearer], "Authorization: Bearer"),
+        Source::DockerHub | Source::Quay => {
+            let query = query.and_then(query_token);
+            check_tokens(
+                secret,
+                &[bearer, query.as_deref()],
+                "?token= or Authorization: Bearer",
+            )
+        }
+    }
+}
+
+/// Ok when one of the presented tokens is the secret; `expected` names them when none is there.
+fn check_tokens(
+    secret: &Secret,
+    presented: &[Option<&str>],
+    expected: &'static str,
+) -> Result<(), AuthError> {
+    if presented.iter().all(Option::is_none) {
+        return Err(AuthError::Missing(expected));
+    }
+    // Every candidate is compared (no early exit) so that timing does not tell which one matched.
+    let matched = presented
+        .iter()
+        .flatten()
+        .fold(false, |acc, t| same_secret(t.as_bytes(), secret) | acc);
+    if matched {
+        Ok(())
+    } else {
+        Err(AuthError::WrongToken)
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value (the scheme is case-insensitive).
+fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The first `token` query parameter, percent-decoded (a token with `+`, `/` or `=` must match).
+fn query_token(query: &str) -> Option<String> {
+    reqwest::Url::parse(&format!("http://query.invalid/?{query}"))
+        .ok()?
+        .query_pairs()
+        .find_map(|(k, v)| (k == "token").then(|| v.into_owned()))
+}
+
+/// Constant-time equality that hides the secret's length too: both sides are hashed, and the
+/// fixed-size digests compared without an early exit.
+fn same_secret(candidate: &[u8], secret: &Secret) -> bool {
+    let (a, b) = (Sha256::digest(candidate), Sha256::digest(secret.bytes()));
+    let diff = a
+        .iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// Checks a `sha256=<hex>` signature of `body` under `secret` (HMAC-SHA256, GitHub's scheme).
+fn check_signature(secret: &Secret, body: &[u8], signature: &str) -> Result<(), AuthError> {
+    let given = signature
+        .trim()
+        .strip_prefix("sha256=")
+        .and_then(decode_hex)
+        .ok_or(AuthError::BadSignature)?;
+    // HMAC takes keys of any length: this cannot fail, but stays an error rather than a panic.
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.bytes()).map_err(|_| AuthError::BadSignature)?;
+    mac.update(body);
+    // verify_slice compares in constant time and refuses a truncated signature.
+    mac.verify_slice(&given)
+        .map_err(|_| AuthError::BadSignature)
+}
+
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    let bytes = hex.as_bytes();
+    if !bytes.len().is_multiple_of(2) {
+        return None;
+    }
+    bytes
+        .chunks_exact(2)
+        .map(|pair| match pair {
+            [hi, lo] => Some(nibble(*hi)? << 4 | nibble(*lo)?),
+            _ => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -312,5 +665,283 @@ mod tests {
             &ev(Some("127.0.0.1:5000"), "team/other", None),
             &image
         ));
+    }
+
+    fn secret(s: &str) -> Secret {
+        Secret::new(s).expect("non-empty secret")
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, http::HeaderValue::from_str(v).expect("header value"));
+        }
+        h
+    }
+
+    fn sign(key: &str, body: &[u8]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("any key length");
+        mac.update(body);
+        let hex: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("sha256={hex}")
+    }
+
+    #[test]
+    fn github_signatures() {
+        // The example of GitHub's "Validating webhook deliveries".
+        let key = secret("It's a Secret to Everybody");
+        let body = b"Hello, World!";
+        let good = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+        assert_eq!(sign("It's a Secret to Everybody", body), good);
+        let auth = |h: &[(&'static str, &str)], body: &[u8]| {
+            authenticate(Source::Ghcr, &key, &headers(h), None, body)
+        };
+        assert_eq!(auth(&[(GITHUB_SIGNATURE, good)], body), Ok(()));
+        assert_eq!(
+            auth(
+                &[(
+                    GITHUB_SIGNATURE,
+                    &good.to_uppercase().replace("SHA256", "sha256")
+                )],
+                body
+            ),
+            Ok(()),
+            "hex digits in either case"
+        );
+        assert_eq!(
+            auth(&[(GITHUB_SIGNATURE, good)], b"Hello, World?"),
+            Err(AuthError::BadSignature),
+            "a tampered body"
+        );
+        for bad in [
+            &good[..good.len() - 2],
+            "sha1=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
+            "sha256=zz",
+            "sha256=",
+            "",
+        ] {
+            assert_eq!(
+                auth(&[(GITHUB_SIGNATURE, bad)], body),
+                Err(AuthError::BadSignature),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            auth(
+                &[("authorization", "Bearer It's a Secret to Everybody")],
+                body
+            ),
+            Err(AuthError::Missing("an X-Hub-Signature-256 header")),
+            "no token stands in for the signature"
+        );
+        let other = secret("another secret of some length");
+        assert_eq!(
+            authenticate(
+                Source::Ghcr,
+                &other,
+                &headers(&[(GITHUB_SIGNATURE, good)]),
+                None,
+                body
+            ),
+            Err(AuthError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn each_source_takes_its_own_credentials() {
+        let key = secret("s3cret+/=");
+        let body = br#"{"repository":"127.0.0.1:5000/a/b"}"#;
+        let signed = sign("s3cret+/=", body);
+        let check = |source, h: &[(&'static str, &str)], query: Option<&str>| {
+            authenticate(source, &key, &headers(h), query, body)
+        };
+        let bearer = [("authorization", "Bearer s3cret+/=")];
+        let query = Some("a=1&token=s3cret%2B%2F%3D");
+        // Distribution: bearer only.
+        assert_eq!(check(Source::Distribution, &bearer, None), Ok(()));
+        assert_eq!(
+            check(
+                Source::Distribution,
+                &[("authorization", "bearer s3cret+/=")],
+                None
+            ),
+            Ok(()),
+            "the scheme is case-insensitive"
+        );
+        assert_eq!(
+            check(Source::Distribution, &[], query),
+            Err(AuthError::Missing("Authorization: Bearer"))
+        );
+        assert_eq!(
+            check(
+                Source::Distribution,
+                &[("authorization", "Bearer s3cret")],
+                None
+            ),
+            Err(AuthError::WrongToken)
+        );
+        assert_eq!(
+            check(
+                Source::Distribution,
+                &[("authorization", "Basic s3cret+/=")],
+                None
+            ),
+            Err(AuthError::Missing("Authorization: Bearer"))
+        );
+        // Docker Hub and Quay: query or bearer; only the first `token` parameter counts.
+        for source in [Source::DockerHub, Source::Quay] {
+            assert_eq!(check(source, &[], query), Ok(()));
+            assert_eq!(check(source, &bearer, None), Ok(()));
+            assert_eq!(
+                check(source, &[], Some("token=nope&token=s3cret%2B%2F%3D")),
+                Err(AuthError::WrongToken)
+            );
+            assert_eq!(
+                check(source, &[], Some("tok=1")),
+                Err(AuthError::Missing("?token= or Authorization: Bearer"))
+            );
+        }
+        // Harbor: the header verbatim, or as a bearer token.
+        assert_eq!(
+            check(Source::Harbor, &[("authorization", "s3cret+/=")], None),
+            Ok(())
+        );
+        assert_eq!(check(Source::Harbor, &bearer, None), Ok(()));
+        assert_eq!(
+            check(
+                Source::Harbor,
+                &[("authorization", "Basic s3cret+/=")],
+                None
+            ),
+            Err(AuthError::WrongToken)
+        );
+        assert_eq!(
+            check(Source::Harbor, &[], query),
+            Err(AuthError::Missing("an Authorization header")),
+            "Harbor sets headers: no token in URLs"
+        );
+        // Generic: a signature when there is one, else bearer.
+        assert_eq!(check(Source::Generic, &bearer, None), Ok(()));
+        assert_eq!(
+            check(Source::Generic, &[(KIMUP_SIGNATURE, &signed)], None),
+            Ok(())
+        );
+        assert_eq!(
+            check(
+                Source::Generic,
+                &[(KIMUP_SIGNATURE, &sign("other", body)), bearer[0]],
+                None
+            ),
+            Err(AuthError::BadSignature),
+            "a signature present decides"
+        );
+        assert_eq!(
+            check(Source::Generic, &[], query),
+            Err(AuthError::Missing(
+                "Authorization: Bearer or X-Kimup-Signature-256"
+            ))
+        );
+        assert_eq!(
+            check(Source::Ghcr, &[(GITHUB_SIGNATURE, &signed)], None),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn secrets_own_over_shared_and_flags_over_files() {
+        let mut flags = Secrets::default();
+        flags.set(Source::Ghcr, Secret::new("flag-ghcr"));
+        let mut files = Secrets::default();
+        files.set(Source::Ghcr, Secret::new("file-ghcr"));
+        files.set(Source::Harbor, Secret::new("file-harbor"));
+        files.set_token(Secret::new("file-token"));
+        let merged = flags.or(&files);
+        assert_eq!(
+            merged.for_source(Source::Ghcr),
+            Secret::new("flag-ghcr").as_ref()
+        );
+        assert_eq!(
+            merged.for_source(Source::Harbor),
+            Secret::new("file-harbor").as_ref()
+        );
+        assert_eq!(
+            merged.for_source(Source::Quay),
+            Secret::new("file-token").as_ref()
+        );
+        assert!(merged.has_own(Source::Harbor) && !merged.has_own(Source::Quay));
+        flags.set_token(Secret::new("flag-token"));
+        assert_eq!(
+            flags.or(&files).for_source(Source::Quay),
+            Secret::new("flag-token").as_ref(),
+            "a flag's shared token beats the token file"
+        );
+        assert_eq!(
+            flags.or(&files).for_source(Source::Harbor),
+            Secret::new("file-harbor").as_ref(),
+            "a source's own file beats the shared token"
+        );
+        assert_eq!(Secrets::default().for_source(Source::Generic), None);
+        assert_eq!(Secret::new(" \n"), None);
+        let shown = format!("{merged:?}");
+        assert!(
+            !shown.contains("flag-") && !shown.contains("file-"),
+            "Debug shows no secret: {shown}"
+        );
+    }
+
+    #[test]
+    fn secrets_folder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, text: &str| {
+            std::fs::write(dir.path().join(name), text).expect("write");
+        };
+        write("ghcr", "gh-key\n");
+        write("token", "shared\n");
+        write("quay", "\n");
+        write("github", "typo");
+        write("..data", "kubelet's");
+        let (secrets, unknown) = read_secrets_dir(dir.path()).expect("read");
+        assert_eq!(
+            secrets.for_source(Source::Ghcr),
+            Secret::new("gh-key").as_ref()
+        );
+        assert_eq!(
+            secrets.for_source(Source::Quay),
+            Secret::new("shared").as_ref(),
+            "an empty file is no secret"
+        );
+        assert_eq!(unknown, vec!["github".to_string()]);
+        assert!(matches!(
+            read_secrets_dir(&dir.path().join("absent")),
+            Err(SecretsError::Dir { .. })
+        ));
+        std::fs::create_dir(dir.path().join("harbor")).expect("mkdir");
+        let err = read_secrets_dir(dir.path()).expect_err("a folder is no secret");
+        assert_eq!(err.metric_label(), "file_unreadable");
+        assert!(!err.to_string().contains("gh-key"), "{err}");
+    }
+
+    #[test]
+    fn source_names_round_trip() {
+        // `/webhooks/{name}`, the secret files and the variables all use name(); FromStr must
+        // find every source by it.
+        for source in Source::ALL {
+            assert_eq!(source.name().parse::<Source>(), Ok(source));
+        }
+    }
+
+    #[test]
+    fn github_ping_announces_nothing() {
+        let ping = br#"{"zen":"Design for failure.","hook_id":1,"hook":{"type":"Organization","events":["package"]}}"#;
+        assert_eq!(parse(Source::Ghcr, ping), Ok(vec![]));
+        assert_eq!(
+            parse(Source::Ghcr, b"{}"),
+            Err(WebhookError::Missing("package.namespace"))
+        );
     }
 }
