@@ -13,6 +13,7 @@ use axum::extract::{Request, State};
 use axum::http::{Response, StatusCode};
 use kimup::registry::reference;
 use kimup::registry::{ClientSettings, RegistryClient, TagCache, TlsMode};
+use kimup_testenv::httpfault::{FaultPlan, HttpFault, HttpFaultProxy};
 
 fn client(page_size: usize) -> Arc<RegistryClient> {
     kimup_testenv::install_crypto_provider();
@@ -288,4 +289,98 @@ async fn unknown_repository_and_refused_connection_are_clear() {
         .await
         .expect_err("refused");
     assert_eq!(err.metric_label(), "network");
+}
+
+/// A client that may send credentials over plain HTTP to `listed` (as `--insecure-registry`).
+fn client_listing(listed: &[&str]) -> Arc<RegistryClient> {
+    kimup_testenv::install_crypto_provider();
+    Arc::new(
+        RegistryClient::new(ClientSettings {
+            max_retries: 0,
+            plain_http: listed.iter().map(|h| h.to_string()).collect(),
+            ..ClientSettings::default()
+        })
+        .expect("client"),
+    )
+}
+
+/// Registry answers and token realms that carry URLs with `user:SECRET@` and `?token=SECRET`,
+/// and a registry echoing the password (SECRET too): no error string shows SECRET.
+#[tokio::test]
+async fn no_error_shows_a_url_secret_or_the_password() {
+    let env = common::env();
+    let reg = env.plain_registry();
+    reg.push_tags("client/scrub", &["1.0.0"])
+        .await
+        .expect("push");
+    let proxy = HttpFaultProxy::start(&reg.base_url()).await.expect("proxy");
+    let image = reference::parse(&format!("{}/client/scrub", proxy.host)).expect("ref");
+    let c = client_listing(&[&proxy.host]);
+    let cred = kimup::registry::Credential {
+        username: "user".into(),
+        password: "SECRET".into(),
+    };
+    let secret_url = "https://user:SECRET@elsewhere.example/v2/?token=SECRET";
+    let envelope = |code: &str| {
+        serde_json::json!({"errors": [{"code": code, "message": format!("see {secret_url}, password SECRET")}]})
+            .to_string()
+            .into_bytes()
+    };
+    let tls_host = env.tls_registry().host.clone();
+    let cases: Vec<(&str, HttpFault)> =
+        vec![
+        (
+            "realm refusing connections",
+            HttpFault::status(401).with_header(
+                "www-authenticate",
+                r#"Bearer realm="http://user:SECRET@127.0.0.1:1/token?token=SECRET",service="s""#,
+            ),
+        ),
+        (
+            "realm with an untrusted certificate",
+            HttpFault::status(401).with_header(
+                "www-authenticate",
+                &format!(r#"Bearer realm="https://user:SECRET@{tls_host}/token?token=SECRET""#),
+            ),
+        ),
+        ("401 body", HttpFault::status(401).with_body(envelope("UNAUTHORIZED"))),
+        ("404 body", HttpFault::status(404).with_body(envelope("NAME_UNKNOWN"))),
+        ("500 body", HttpFault::status(500).with_body(envelope("UNKNOWN"))),
+        (
+            "plain 502 body",
+            HttpFault::status(502).with_body(format!("upstream {secret_url} SECRET").into_bytes()),
+        ),
+        (
+            "tag list",
+            HttpFault::status(200).with_body(
+                serde_json::json!({"name": "client/scrub", "tags": secret_url})
+                    .to_string()
+                    .into_bytes(),
+            ),
+        ),
+    ];
+    let mut leaks = Vec::new();
+    for (what, fault) in cases {
+        proxy.set(FaultPlan::new(fault).on_paths_containing("/tags/list"));
+        for credential in [None, Some(&cred)] {
+            let err = c
+                .list_tags(&image, credential, TlsMode::PlainHttp)
+                .await
+                .expect_err(what);
+            let shown = format!("{err} {err:?}");
+            // Anonymous, "password SECRET" in a body is only the registry's text; the URL's
+            // secrets must go either way.
+            let leaked = match credential {
+                Some(_) => shown.contains("SECRET"),
+                None => shown.contains("token=SECRET") || shown.contains(":SECRET@"),
+            };
+            if leaked {
+                leaks.push(format!(
+                    "{what} (credential: {}): {shown}",
+                    credential.is_some()
+                ));
+            }
+        }
+    }
+    assert!(leaks.is_empty(), "{}", leaks.join("\n"));
 }

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use super::credentials::Credential;
-use super::error::RegistryError;
+use super::error::{RegistryError, scrub};
 use super::reference::ImageRef;
 
 /// How to reach a registry over the network.
@@ -170,15 +170,11 @@ impl RegistryClient {
         for _ in 0..self.settings.max_pages {
             let resp = self.get(image, credential, tls, &url, None, "tags").await?;
             let link = next_link(resp.headers());
-            let body = resp.bytes().await.map_err(|e| RegistryError::Network {
-                registry: image.registry.clone(),
-                reason: e.to_string(),
-            })?;
-            let page: TagList =
-                serde_json::from_slice(&body).map_err(|e| RegistryError::InvalidTagList {
-                    repository: image.repository_key(),
-                    reason: e.to_string(),
-                })?;
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|e| network_error(&image.registry, e, credential))?;
+            let page = parse_tag_page(image, &body)?;
             let tags = page.tags.unwrap_or_default();
             let n = tags.len();
             let last = tags.last().cloned();
@@ -322,7 +318,7 @@ impl RegistryClient {
             self.count(registry, kind);
             let sent = req.send().await;
             drop(permit);
-            let resp = sent.map_err(|e| network_error(registry, tls, &e))?;
+            let resp = sent.map_err(|e| network_error(registry, e, credential))?;
             let status = resp.status();
             if status.is_success() {
                 return Ok(resp);
@@ -351,7 +347,9 @@ impl RegistryClient {
                 continue;
             }
             let body = resp.text().await.unwrap_or_default();
-            return Err(status_error(image, status, &body));
+            let mut secrets = secrets(credential);
+            secrets.extend(token.as_deref());
+            return Err(status_error(image, status, &body, &secrets));
         }
     }
 
@@ -367,9 +365,10 @@ impl RegistryClient {
             registry: registry.to_string(),
             reason: "bearer challenge without realm".into(),
         })?;
+        // The realm is not echoed: it is the registry's text and may carry anything.
         let mut url = reqwest::Url::parse(realm).map_err(|e| RegistryError::Auth {
             registry: registry.to_string(),
-            reason: format!("invalid token realm {realm:?}: {e}"),
+            reason: format!("invalid token realm: {e}"),
         })?;
         {
             let mut q = url.query_pairs_mut();
@@ -386,17 +385,22 @@ impl RegistryClient {
         let resp = req
             .send()
             .await
-            .map_err(|e| network_error(registry, tls, &e))?;
+            .map_err(|e| network_error(registry, e, credential))?;
         if !resp.status().is_success() {
             return Err(RegistryError::Auth {
                 registry: registry.to_string(),
                 reason: format!("token endpoint answered {}", resp.status()),
             });
         }
-        let body: TokenResponse = resp.json().await.map_err(|e| RegistryError::Auth {
-            registry: registry.to_string(),
-            reason: format!("unreadable token response: {e}"),
-        })?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| network_error(registry, e, credential))?;
+        let body: TokenResponse =
+            serde_json::from_slice(&body).map_err(|e| RegistryError::Auth {
+                registry: registry.to_string(),
+                reason: format!("unreadable token response: {}", json_error(&e)),
+            })?;
         body.token
             .or(body.access_token)
             .ok_or_else(|| RegistryError::Auth {
@@ -406,14 +410,51 @@ impl RegistryClient {
     }
 }
 
-fn network_error(registry: &str, tls: TlsMode, e: &reqwest::Error) -> RegistryError {
+/// A page of a tag list.
+fn parse_tag_page(image: &ImageRef, body: &[u8]) -> Result<TagList, RegistryError> {
+    serde_json::from_slice(body).map_err(|e| RegistryError::InvalidTagList {
+        repository: image.repository_key(),
+        reason: json_error(&e),
+    })
+}
+
+/// The password of a credential, to scrub from outside text.
+fn secrets(credential: Option<&Credential>) -> Vec<&str> {
+    credential
+        .map(|c| c.password.as_str())
+        .into_iter()
+        .collect()
+}
+
+/// A JSON error by category and position only: serde_json quotes the offending value, which is
+/// the registry's text.
+fn json_error(e: &serde_json::Error) -> String {
+    let what = match e.classify() {
+        serde_json::error::Category::Io => "I/O error",
+        serde_json::error::Category::Syntax => "invalid JSON",
+        serde_json::error::Category::Data => "unexpected JSON structure",
+        serde_json::error::Category::Eof => "truncated JSON",
+    };
+    format!("{what} at line {} column {}", e.line(), e.column())
+}
+
+/// A request failure as an error. The URL is dropped from the reqwest error (it carries
+/// registry- or realm-supplied queries), and the whole source chain is scrubbed of URLs and of
+/// the credential's password.
+fn network_error(
+    registry: &str,
+    e: reqwest::Error,
+    credential: Option<&Credential>,
+) -> RegistryError {
+    let e = e.without_url();
     let mut reason = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
         reason.push_str(": ");
         reason.push_str(&s.to_string());
         source = s.source();
     }
+    let reason = scrub(&reason, &secrets(credential));
     let lower = reason.to_lowercase();
     if lower.contains("certificate")
         || lower.contains("unknownissuer")
@@ -431,15 +472,24 @@ fn network_error(registry: &str, tls: TlsMode, e: &reqwest::Error) -> RegistryEr
             registry: registry.to_string(),
         };
     }
-    let _ = tls;
     RegistryError::Network {
         registry: registry.to_string(),
         reason,
     }
 }
 
-fn status_error(image: &ImageRef, status: StatusCode, body: &str) -> RegistryError {
-    let detail = registry_error_message(body);
+/// An unexpected status as an error; the registry's message is scrubbed of URLs and `secrets`.
+fn status_error(
+    image: &ImageRef,
+    status: StatusCode,
+    body: &str,
+    secrets: &[&str],
+) -> RegistryError {
+    // Scrubbed before it is shortened, so that a cut cannot leave part of a secret behind.
+    let detail: String = scrub(&registry_error_message(body), secrets)
+        .chars()
+        .take(300)
+        .collect();
     match status {
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => RegistryError::Unauthorized {
             registry: image.registry.clone(),
@@ -461,7 +511,7 @@ fn status_error(image: &ImageRef, status: StatusCode, body: &str) -> RegistryErr
     }
 }
 
-/// The first `message` of a distribution error envelope, else a short body excerpt.
+/// The first `message` of a distribution error envelope, else the body.
 fn registry_error_message(body: &str) -> String {
     #[derive(Deserialize)]
     struct Envelope {
@@ -479,7 +529,7 @@ fn registry_error_message(body: &str) -> String {
     {
         return format!("{}: {}", first.code, first.message);
     }
-    body.chars().take(200).collect()
+    body.to_string()
 }
 
 /// What to fetch after a page of tags (pure).
@@ -586,6 +636,144 @@ fn urlencode(s: &str) -> String {
 mod tests {
     use super::*;
     use reqwest::header::HeaderValue;
+
+    /// A TLS listener whose certificate no client trusts: handshakes fail on the client side.
+    fn untrusted_tls_server() -> std::net::SocketAddr {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        kimup_testenv::install_crypto_provider();
+        let ca = kimup_testenv::certs::Ca::new("untrusted").expect("ca");
+        let pem = ca.serving("registry").expect("serving cert");
+        let certs = CertificateDer::pem_slice_iter(pem.cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certs");
+        let key = PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).expect("key");
+        let config = Arc::new(
+            rustls::ServerConfig::builder()
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .expect("server config"),
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                if let Ok(conn) = rustls::ServerConnection::new(config.clone()) {
+                    let mut tls = rustls::StreamOwned::new(conn, stream);
+                    let _ = std::io::Read::read(&mut tls, &mut [0u8; 1]);
+                }
+            }
+        });
+        addr
+    }
+
+    /// Every variant, built by the code that builds it from a URL carrying `user:SECRET@` and
+    /// `?token=SECRET` (and the password SECRET), never shows SECRET.
+    #[tokio::test]
+    async fn no_error_variant_shows_a_secret() {
+        kimup_testenv::install_crypto_provider();
+        let cred = Credential {
+            username: "user".into(),
+            password: "SECRET".into(),
+        };
+        let image = crate::registry::reference::parse("r.example/team/app").expect("ref");
+        let echo = r#"{"errors":[{"code":"DENIED","message":"https://user:SECRET@x.example/v2/?token=SECRET and SECRET"}]}"#;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(300))
+            .build()
+            .expect("http");
+        let mut errors = Vec::new();
+
+        let refused = http
+            .get("http://user:SECRET@127.0.0.1:1/v2/?token=SECRET")
+            .send()
+            .await
+            .expect_err("refused");
+        errors.push(network_error("r.example", refused, Some(&cred)));
+
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let silent_addr = silent.local_addr().expect("addr");
+        let _hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = silent.accept().await {
+                held.push(conn);
+            }
+        });
+        let timed_out = http
+            .get(format!("http://user:SECRET@{silent_addr}/v2/?token=SECRET"))
+            .send()
+            .await
+            .expect_err("timeout");
+        errors.push(network_error("r.example", timed_out, Some(&cred)));
+
+        let tls = untrusted_tls_server();
+        let untrusted = http
+            .get(format!("https://user:SECRET@{tls}/v2/?token=SECRET"))
+            .send()
+            .await
+            .expect_err("untrusted");
+        errors.push(network_error("r.example", untrusted, Some(&cred)));
+
+        for status in [401, 404, 429, 500] {
+            let status = StatusCode::from_u16(status).expect("status");
+            errors.push(status_error(&image, status, echo, &["SECRET"]));
+        }
+
+        let client = RegistryClient::new(ClientSettings::default()).expect("client");
+        let challenge: HashMap<String, String> = [(
+            "realm".to_string(),
+            "http://user:SECRET@[::1/token?token=SECRET".to_string(),
+        )]
+        .into();
+        errors.push(
+            client
+                .fetch_token(
+                    "r.example",
+                    TlsMode::Verify,
+                    &challenge,
+                    &image,
+                    Some(&cred),
+                )
+                .await
+                .expect_err("invalid realm"),
+        );
+
+        let page = br#"{"tags": "https://user:SECRET@x.example/v2/?token=SECRET"}"#;
+        errors.push(parse_tag_page(&image, page).err().expect("invalid page"));
+
+        let bad_ca = b"-----BEGIN CERTIFICATE-----\nhttps://user:SECRET@x/?token=SECRET\n-----END CERTIFICATE-----\n";
+        errors.push(
+            RegistryClient::new(ClientSettings {
+                extra_ca_pem: vec![bad_ca.to_vec()],
+                ..ClientSettings::default()
+            })
+            .err()
+            .expect("invalid CA"),
+        );
+
+        let mut seen = std::collections::BTreeSet::new();
+        for e in &errors {
+            // A new variant fails to compile here until it is built above.
+            let name = match e {
+                RegistryError::Network { .. } => "network",
+                RegistryError::Tls { .. } => "tls",
+                RegistryError::Timeout { .. } => "timeout",
+                RegistryError::Unauthorized { .. } => "unauthorized",
+                RegistryError::Auth { .. } => "auth",
+                RegistryError::NotFound { .. } => "not_found",
+                RegistryError::RateLimited { .. } => "rate_limited",
+                RegistryError::Status { .. } => "status",
+                RegistryError::InvalidTagList { .. } => "invalid_tag_list",
+                RegistryError::Config(_) => "config",
+            };
+            seen.insert(name);
+            let shown = format!("{e} {e:?}");
+            assert!(!shown.contains("SECRET"), "{name}: {shown}");
+        }
+        assert_eq!(seen.len(), 10, "every variant was built: {seen:?}");
+    }
 
     fn headers(name: reqwest::header::HeaderName, v: &str) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -70,3 +70,84 @@ impl RegistryError {
         }
     }
 }
+
+/// A URL as an error may show it: scheme, host, port and path. Userinfo, query and fragment are
+/// dropped, since registries and token realms put credentials and tokens there.
+pub fn redact_url(url: &reqwest::Url) -> String {
+    let mut shown = format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""));
+    if let Some(port) = url.port() {
+        shown.push_str(&format!(":{port}"));
+    }
+    shown.push_str(url.path());
+    shown
+}
+
+/// The origin of a URL (`scheme://host[:port]`), for errors that name where a request would go.
+pub fn redact_origin(url: &reqwest::Url) -> String {
+    let mut shown = format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""));
+    if let Some(port) = url.port() {
+        shown.push_str(&format!(":{port}"));
+    }
+    shown
+}
+
+/// Outside text (a registry's error body, an HTTP library's message) made safe for a status
+/// message, an event or a log: every URL in it goes through [`redact_url`] (an unparsable one
+/// becomes `[url]`), and every non-empty `secret` (a password, a bearer token) becomes
+/// `[redacted]`.
+pub fn scrub(text: &str, secrets: &[&str]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        // The scheme is the run of scheme characters just before "://".
+        let start = rest[..i]
+            .char_indices()
+            .rev()
+            .take_while(|(_, c)| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+            .last()
+            .map_or(i, |(j, _)| j);
+        let end = rest[i..]
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`' | ')'))
+            .map_or(rest.len(), |j| i + j);
+        out.push_str(&rest[..start]);
+        match reqwest::Url::parse(&rest[start..end]) {
+            Ok(url) => out.push_str(&redact_url(&url)),
+            Err(_) => out.push_str("[url]"),
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        out = out.replace(secret, "[redacted]");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrub_reduces_urls_and_replaces_secrets() {
+        assert_eq!(
+            scrub(
+                "error sending request for url (http://u:p@h:5000/v2/x?token=t#f): refused",
+                &[]
+            ),
+            "error sending request for url (http://h:5000/v2/x): refused"
+        );
+        assert_eq!(
+            scrub("see https://x/a,b?token=SECRET", &[]),
+            "see https://x/a,b"
+        );
+        assert_eq!(scrub("a https://[bad b", &[]), "a [url] b");
+        assert_eq!(scrub("a :// b", &[]), "a [url] b");
+        assert_eq!(
+            scrub("password hunter2 refused", &["hunter2", ""]),
+            "password [redacted] refused"
+        );
+        let url = reqwest::Url::parse("https://u:p@h/t?q=1#f").expect("url");
+        assert_eq!(redact_url(&url), "https://h/t");
+        assert_eq!(redact_origin(&url), "https://h");
+    }
+}
