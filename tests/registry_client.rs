@@ -384,3 +384,81 @@ async fn no_error_shows_a_url_secret_or_the_password() {
     }
     assert!(leaks.is_empty(), "{}", leaks.join("\n"));
 }
+
+/// Requests a hostile registry's Link or realm sent elsewhere: how many, how many carried an
+/// Authorization header.
+#[derive(Clone, Default)]
+struct Recorder {
+    requests: Arc<AtomicUsize>,
+    authorized: Arc<AtomicUsize>,
+}
+
+/// Answers everything with a one-tag list and a token, counting requests and credentials.
+async fn record(State(r): State<Recorder>, req: Request) -> Response<Body> {
+    r.requests.fetch_add(1, Ordering::SeqCst);
+    if req.headers().contains_key("authorization") {
+        r.authorized.fetch_add(1, Ordering::SeqCst);
+    }
+    Response::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .body(Body::from(
+            r#"{"name":"x","tags":["9.9.9"],"token":"stolen","access_token":"stolen"}"#,
+        ))
+        .expect("response")
+}
+
+/// A second local listener: where a hostile registry points its Link or token realm.
+async fn recorder() -> (Recorder, std::net::SocketAddr) {
+    let r = Recorder::default();
+    let app = Router::new().fallback(record).with_state(r.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (r, addr)
+}
+
+/// The real registry's tag list with a `Link` to another port (and, relative, another host):
+/// not followed, no credential sent there, a RegistryError naming the origin.
+#[tokio::test]
+async fn a_link_to_another_origin_is_not_followed() {
+    let env = common::env();
+    let reg = env.plain_registry();
+    reg.push_tags("client/foreign", &["1.0.0"])
+        .await
+        .expect("push");
+    let proxy = HttpFaultProxy::start(&reg.base_url()).await.expect("proxy");
+    let (rec, rec_addr) = recorder().await;
+    let image = reference::parse(&format!("{}/client/foreign", proxy.host)).expect("ref");
+    let c = client_listing(&[&proxy.host]);
+    let cred = kimup::registry::Credential {
+        username: "user".into(),
+        password: "pw".into(),
+    };
+    for link in [
+        format!("<http://{rec_addr}/v2/client/foreign/tags/list?last=1.0.0>; rel=\"next\""),
+        format!("<//{rec_addr}/v2/client/foreign/tags/list?last=1.0.0>; rel=\"next\""),
+    ] {
+        proxy.set(
+            FaultPlan::new(HttpFault::forward_with_header("link", &link))
+                .on_paths_containing("/tags/list"),
+        );
+        let got = c.list_tags(&image, Some(&cred), TlsMode::PlainHttp).await;
+        assert_eq!(
+            rec.authorized.load(Ordering::SeqCst),
+            0,
+            "credentials sent to the Link's host ({link}); listing: {got:?}"
+        );
+        assert_eq!(rec.requests.load(Ordering::SeqCst), 0, "{link}: {got:?}");
+        let err = got.expect_err("a foreign Link is refused");
+        assert_eq!(err.metric_label(), "foreign_link", "{err}");
+        assert!(
+            err.to_string().contains(&format!("http://{rec_addr}")),
+            "names the origin: {err}"
+        );
+    }
+    // The registry itself was asked, with the credentials it is listed for.
+    assert!(proxy.stats().authorized >= 2, "{:?}", proxy.stats());
+}

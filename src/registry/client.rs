@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use super::credentials::Credential;
-use super::error::{RegistryError, scrub};
+use super::error::{RegistryError, redact_origin, scrub};
 use super::reference::ImageRef;
 
 /// How to reach a registry over the network.
@@ -119,6 +119,14 @@ impl RegistryClient {
                 })?);
             }
             reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::custom(
+                    |attempt| match redirect_allowed(attempt.previous(), attempt.url()) {
+                        Ok(()) => attempt.follow(),
+                        Err(why) => attempt.error(why),
+                    },
+                ))
+                // The Referer would tell a redirect target the registry URL it came from.
+                .referer(false)
                 .connect_timeout(settings.connect_timeout)
                 .timeout(settings.request_timeout)
                 .user_agent(concat!("kimup/", env!("CARGO_PKG_VERSION")))
@@ -162,6 +170,12 @@ impl RegistryClient {
         tls: TlsMode,
     ) -> Result<Vec<String>, RegistryError> {
         let base = self.base_url(&image.registry, tls);
+        let origin = reqwest::Url::parse(&base).map_err(|e| {
+            RegistryError::Config(format!(
+                "registry {} is not a URL host: {e}",
+                image.registry
+            ))
+        })?;
         let mut url = format!(
             "{base}/v2/{}/tags/list?n={}",
             image.repository, self.settings.page_size
@@ -185,7 +199,7 @@ impl RegistryClient {
                 return Ok(all.into_iter().collect());
             }
             match next_page(link, last, n, self.settings.page_size) {
-                NextPage::Link(next) => url = resolve_link(&base, &next),
+                NextPage::Link(next) => url = follow_link(image, &origin, &next)?.to_string(),
                 NextPage::After(last) => {
                     url = format!(
                         "{base}/v2/{}/tags/list?n={}&last={}",
@@ -607,12 +621,48 @@ pub fn next_link(headers: &HeaderMap) -> Option<String> {
     })
 }
 
-fn resolve_link(base: &str, link: &str) -> String {
-    if link.starts_with("http://") || link.starts_with("https://") {
-        link.to_string()
-    } else {
-        format!("{base}{link}")
+/// The URL a `Link` target names, resolved against the registry's origin. Only a target on
+/// that same origin (scheme, host and port) is followed: requests there carry the registry's
+/// credentials or token, and a Link elsewhere (another host, or http from https) would hand
+/// them to whoever the registry, or someone between, names. Userinfo and fragment are dropped.
+pub fn follow_link(
+    image: &ImageRef,
+    origin: &reqwest::Url,
+    link: &str,
+) -> Result<reqwest::Url, RegistryError> {
+    let mut url = origin
+        .join(link)
+        .map_err(|e| RegistryError::InvalidTagList {
+            repository: image.repository_key(),
+            reason: format!("invalid pagination Link: {e}"),
+        })?;
+    if url.origin() != origin.origin() {
+        return Err(RegistryError::ForeignLink {
+            registry: image.registry.clone(),
+            target: redact_origin(&url),
+        });
     }
+    // Setting them cannot fail on an http(s) URL with a host; a failure leaves them empty anyway.
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.set_fragment(None);
+    Ok(url)
+}
+
+/// Whether a redirect may be followed: at most 5, and never from https to anything else, so
+/// that a registry answer cannot be downgraded to plain text. (reqwest itself drops the
+/// Authorization header when a redirect leaves the origin.)
+pub fn redirect_allowed(
+    previous: &[reqwest::Url],
+    next: &reqwest::Url,
+) -> Result<(), &'static str> {
+    if previous.len() >= 5 {
+        return Err("too many redirects");
+    }
+    if previous.iter().any(|p| p.scheme() == "https") && next.scheme() != "https" {
+        return Err("refusing a redirect from https to plain http");
+    }
+    Ok(())
 }
 
 /// Retry-After as seconds (HTTP dates are rare for registries and fall back to backoff).
@@ -743,6 +793,16 @@ mod tests {
         let page = br#"{"tags": "https://user:SECRET@x.example/v2/?token=SECRET"}"#;
         errors.push(parse_tag_page(&image, page).err().expect("invalid page"));
 
+        let origin = reqwest::Url::parse("https://r.example").expect("origin");
+        errors.push(
+            follow_link(
+                &image,
+                &origin,
+                "https://user:SECRET@other.example/v2/?token=SECRET",
+            )
+            .expect_err("foreign link"),
+        );
+
         let bad_ca = b"-----BEGIN CERTIFICATE-----\nhttps://user:SECRET@x/?token=SECRET\n-----END CERTIFICATE-----\n";
         errors.push(
             RegistryClient::new(ClientSettings {
@@ -766,13 +826,14 @@ mod tests {
                 RegistryError::RateLimited { .. } => "rate_limited",
                 RegistryError::Status { .. } => "status",
                 RegistryError::InvalidTagList { .. } => "invalid_tag_list",
+                RegistryError::ForeignLink { .. } => "foreign_link",
                 RegistryError::Config(_) => "config",
             };
             seen.insert(name);
             let shown = format!("{e} {e:?}");
             assert!(!shown.contains("SECRET"), "{name}: {shown}");
         }
-        assert_eq!(seen.len(), 10, "every variant was built: {seen:?}");
+        assert_eq!(seen.len(), 11, "every variant was built: {seen:?}");
     }
 
     fn headers(name: reqwest::header::HeaderName, v: &str) -> HeaderMap {
@@ -831,14 +892,46 @@ mod tests {
             next_link(&headers(LINK, r#"<https://x/a>; rel="prev""#)),
             None
         );
+    }
+
+    #[test]
+    fn follows_links_only_on_the_registry_origin() {
+        let image = crate::registry::reference::parse("r.example:5000/team/app").expect("ref");
+        let origin = reqwest::Url::parse("https://r.example:5000").expect("origin");
+        let follow = |link: &str| follow_link(&image, &origin, link).map(|u| u.to_string());
         assert_eq!(
-            resolve_link("https://r", "/v2/x"),
-            "https://r/v2/x".to_string()
+            follow("/v2/team/app/tags/list?last=b&n=2").expect("relative"),
+            "https://r.example:5000/v2/team/app/tags/list?last=b&n=2"
         );
         assert_eq!(
-            resolve_link("https://r", "https://o/v2/x"),
-            "https://o/v2/x"
+            follow("https://u:p@r.example:5000/v2/x?last=b#frag").expect("same origin"),
+            "https://r.example:5000/v2/x?last=b",
+            "userinfo and fragment dropped"
         );
+        for foreign in [
+            "http://r.example:5000/v2/x",
+            "https://r.example/v2/x",
+            "https://r.example:5001/v2/x",
+            "https://other.example:5000/v2/x",
+            "//other.example:5000/v2/x",
+            "https://r.example:5000@other.example/v2/x",
+        ] {
+            let err = follow(foreign).expect_err(foreign);
+            assert_eq!(err.metric_label(), "foreign_link", "{foreign}");
+        }
+        let default_port = reqwest::Url::parse("https://r.example").expect("origin");
+        assert!(follow_link(&image, &default_port, "https://r.example:443/v2/x").is_ok());
+    }
+
+    #[test]
+    fn redirects_never_downgrade() {
+        let u = |s: &str| reqwest::Url::parse(s).expect("url");
+        assert!(redirect_allowed(&[u("https://r/v2/")], &u("https://cdn/x")).is_ok());
+        assert!(redirect_allowed(&[u("http://r/v2/")], &u("http://r/x")).is_ok());
+        assert!(redirect_allowed(&[u("https://r/v2/")], &u("http://r/x")).is_err());
+        assert!(redirect_allowed(&[u("https://r/"), u("https://s/")], &u("http://t/")).is_err());
+        let five: Vec<_> = (0..5).map(|i| u(&format!("https://r/{i}"))).collect();
+        assert!(redirect_allowed(&five, &u("https://r/6")).is_err());
     }
 
     #[test]

@@ -40,6 +40,12 @@ pub enum RegistryError {
     /// The tag list could not be read.
     #[error("unusable tag list for {repository}: {reason}")]
     InvalidTagList { repository: String, reason: String },
+    /// A pagination `Link` pointed to another scheme, host or port (https to http included):
+    /// not followed, since the request would carry the registry's credentials or token there.
+    #[error(
+        "registry {registry} sent a pagination Link to another origin ({target}); it is not followed, so that no request or credential leaves the registry"
+    )]
+    ForeignLink { registry: String, target: String },
     /// Client configuration problem (bad CA file).
     #[error("registry client configuration: {0}")]
     Config(String),
@@ -66,6 +72,7 @@ impl RegistryError {
             RegistryError::RateLimited { .. } => "rate_limited",
             RegistryError::Status { .. } => "status",
             RegistryError::InvalidTagList { .. } => "invalid_tag_list",
+            RegistryError::ForeignLink { .. } => "foreign_link",
             RegistryError::Config(_) => "config",
         }
     }
