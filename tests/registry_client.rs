@@ -160,7 +160,8 @@ async fn concurrent_misses_make_one_request() {
     reg.push_tags("client/coalesce", &["1.0.0", "1.1.0"])
         .await
         .expect("push");
-    let c = client(100);
+    // Listed, as --insecure-registry does: credentials may go to it over plain HTTP.
+    let c = client_listing(&[&reg.host]);
     let cache = TagCache::new(c.clone(), Duration::from_secs(60));
     let image = reference::parse(&format!("{}/client/coalesce", reg.host)).expect("ref");
     let asks = (0..50).map(|_| {
@@ -461,4 +462,98 @@ async fn a_link_to_another_origin_is_not_followed() {
     }
     // The registry itself was asked, with the credentials it is listed for.
     assert!(proxy.stats().authorized >= 2, "{:?}", proxy.stats());
+}
+
+/// Basic credentials over plain HTTP only to a registry the operator listed (as
+/// `--insecure-registry`); anonymous listings over HTTP go on working.
+#[tokio::test]
+async fn credentials_never_go_over_plain_http_to_an_unlisted_registry() {
+    let env = common::env();
+    let reg = env.plain_registry();
+    reg.push_tags("client/cleartext", &["1.0.0"])
+        .await
+        .expect("push");
+    let proxy = HttpFaultProxy::start(&reg.base_url()).await.expect("proxy");
+    let image = reference::parse(&format!("{}/client/cleartext", proxy.host)).expect("ref");
+    let cred = kimup::registry::Credential {
+        username: "user".into(),
+        password: "pw".into(),
+    };
+    let unlisted = client_listing(&[]);
+    let got = unlisted
+        .list_tags(&image, Some(&cred), TlsMode::PlainHttp)
+        .await;
+    assert_eq!(
+        proxy.stats().authorized,
+        0,
+        "credentials sent in clear text; listing: {got:?}"
+    );
+    let err = got.expect_err("refused");
+    assert_eq!(err.metric_label(), "insecure_credentials", "{err}");
+    assert!(err.to_string().contains("--insecure-registry"), "{err}");
+
+    let anonymous = unlisted
+        .list_tags(&image, None, TlsMode::PlainHttp)
+        .await
+        .expect("anonymous over HTTP");
+    assert_eq!(anonymous, vec!["1.0.0".to_string()]);
+    let listed = client_listing(&[&proxy.host])
+        .list_tags(&image, Some(&cred), TlsMode::PlainHttp)
+        .await
+        .expect("listed by the operator");
+    assert_eq!(listed, vec!["1.0.0".to_string()]);
+    assert_eq!(proxy.stats().authorized, 1, "{:?}", proxy.stats());
+}
+
+/// A Bearer challenge whose realm is plain HTTP on another host: the basic credentials are not
+/// sent there (the registry itself is listed); an anonymous token is still fetched.
+#[tokio::test]
+async fn a_plain_http_token_realm_elsewhere_gets_no_credentials() {
+    let env = common::env();
+    let reg = env.plain_registry();
+    reg.push_tags("client/realm", &["1.0.0"])
+        .await
+        .expect("push");
+    let proxy = HttpFaultProxy::start(&reg.base_url()).await.expect("proxy");
+    let (rec, rec_addr) = recorder().await;
+    let image = reference::parse(&format!("{}/client/realm", proxy.host)).expect("ref");
+    let c = client_listing(&[&proxy.host]);
+    let cred = kimup::registry::Credential {
+        username: "user".into(),
+        password: "pw".into(),
+    };
+    let challenge = || {
+        FaultPlan::new(HttpFault::status(401).with_header(
+            "www-authenticate",
+            &format!(r#"Bearer realm="http://{rec_addr}/token",service="registry""#),
+        ))
+        .times(1)
+        .on_paths_containing("/tags/list")
+    };
+    proxy.set(challenge());
+    let got = c.list_tags(&image, Some(&cred), TlsMode::PlainHttp).await;
+    assert_eq!(
+        rec.authorized.load(Ordering::SeqCst),
+        0,
+        "credentials sent to the realm; listing: {got:?}"
+    );
+    let err = got.expect_err("refused");
+    assert_eq!(err.metric_label(), "insecure_credentials", "{err}");
+    assert!(
+        err.to_string().contains(&format!("http://{rec_addr}")),
+        "{err}"
+    );
+
+    proxy.set(challenge());
+    let anonymous = c
+        .list_tags(&image, None, TlsMode::PlainHttp)
+        .await
+        .expect("anonymous token");
+    assert_eq!(anonymous, vec!["1.0.0".to_string()]);
+    assert_eq!(
+        rec.requests.load(Ordering::SeqCst),
+        1,
+        "one anonymous token"
+    );
+    assert_eq!(rec.authorized.load(Ordering::SeqCst), 0);
 }

@@ -156,6 +156,43 @@ impl RegistryClient {
         }
     }
 
+    /// Whether credentials may travel to `url`: over https to any host, over plain http only
+    /// to a host[:port] the operator listed with `--insecure-registry`. Everything a tenant
+    /// controls (its Image's `insecureSkipTLSVerify`, its registry's realm) is held to this.
+    pub fn may_carry_credentials(&self, url: &reqwest::Url) -> bool {
+        match url.scheme() {
+            "https" => true,
+            "http" => {
+                let host = url.host_str().unwrap_or("");
+                let with_port = url
+                    .port_or_known_default()
+                    .map(|p| format!("{host}:{p}"))
+                    .unwrap_or_default();
+                self.settings.plain_http.iter().any(|listed| {
+                    listed.eq_ignore_ascii_case(&with_port)
+                        || (url.port().is_none() && listed.eq_ignore_ascii_case(host))
+                })
+            }
+            _ => false,
+        }
+    }
+
+    /// Fails, before anything is sent, when `credential` would go to `url` in clear text.
+    fn check_credentials(
+        &self,
+        registry: &str,
+        url: &reqwest::Url,
+        credential: Option<&Credential>,
+    ) -> Result<(), RegistryError> {
+        if credential.is_some() && !self.may_carry_credentials(url) {
+            return Err(RegistryError::InsecureCredentials {
+                registry: registry.to_string(),
+                target: redact_origin(url),
+            });
+        }
+        Ok(())
+    }
+
     /// Requests sent so far, by (registry, kind) where kind is `tags`, `manifest` or `token`.
     pub fn request_counts(&self) -> HashMap<(String, String), u64> {
         self.requests.lock().map(|m| m.clone()).unwrap_or_default()
@@ -301,6 +338,11 @@ impl RegistryClient {
         kind: &str,
     ) -> Result<reqwest::Response, RegistryError> {
         let registry = &image.registry;
+        let parsed = reqwest::Url::parse(url).map_err(|e| {
+            RegistryError::Config(format!("registry {registry}: invalid request URL: {e}"))
+        })?;
+        // A token bought with the credentials is held to the same rule as the credentials.
+        self.check_credentials(registry, &parsed, credential)?;
         let fp = super::credentials::fingerprint(credential);
         let token_key = (registry.clone(), image.repository.clone(), fp);
         let mut attempt = 0u32;
@@ -312,9 +354,9 @@ impl RegistryClient {
                 .await
                 .map_err(|_| RegistryError::Config("registry semaphore closed".into()))?;
             let mut req = if kind == "manifest" {
-                self.http(tls).head(url)
+                self.http(tls).head(parsed.clone())
             } else {
-                self.http(tls).get(url)
+                self.http(tls).get(parsed.clone())
             };
             if let Some(a) = accept {
                 req = req.header(ACCEPT, a);
@@ -384,6 +426,15 @@ impl RegistryClient {
             registry: registry.to_string(),
             reason: format!("invalid token realm: {e}"),
         })?;
+        // Basic credentials go to a realm on any host (Docker Hub's is auth.docker.io, GitLab's
+        // is not its registry's host either), but never in clear text to an unlisted host: a
+        // registry, or anyone between kimup and it, could otherwise collect them with a
+        // challenge naming `http://anywhere/`.
+        self.check_credentials(registry, &url, credential)?;
+        // Userinfo in the realm would become a Basic header of the registry's choosing.
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        url.set_fragment(None);
         {
             let mut q = url.query_pairs_mut();
             if let Some(service) = challenge.get("service") {
@@ -790,6 +841,24 @@ mod tests {
                 .expect_err("invalid realm"),
         );
 
+        let cleartext: HashMap<String, String> = [(
+            "realm".to_string(),
+            "http://user:SECRET@127.0.0.1:1/token?token=SECRET".to_string(),
+        )]
+        .into();
+        errors.push(
+            client
+                .fetch_token(
+                    "r.example",
+                    TlsMode::Verify,
+                    &cleartext,
+                    &image,
+                    Some(&cred),
+                )
+                .await
+                .expect_err("clear-text realm"),
+        );
+
         let page = br#"{"tags": "https://user:SECRET@x.example/v2/?token=SECRET"}"#;
         errors.push(parse_tag_page(&image, page).err().expect("invalid page"));
 
@@ -827,13 +896,14 @@ mod tests {
                 RegistryError::Status { .. } => "status",
                 RegistryError::InvalidTagList { .. } => "invalid_tag_list",
                 RegistryError::ForeignLink { .. } => "foreign_link",
+                RegistryError::InsecureCredentials { .. } => "insecure_credentials",
                 RegistryError::Config(_) => "config",
             };
             seen.insert(name);
             let shown = format!("{e} {e:?}");
             assert!(!shown.contains("SECRET"), "{name}: {shown}");
         }
-        assert_eq!(seen.len(), 11, "every variant was built: {seen:?}");
+        assert_eq!(seen.len(), 12, "every variant was built: {seen:?}");
     }
 
     fn headers(name: reqwest::header::HeaderName, v: &str) -> HeaderMap {
@@ -921,6 +991,36 @@ mod tests {
         }
         let default_port = reqwest::Url::parse("https://r.example").expect("origin");
         assert!(follow_link(&image, &default_port, "https://r.example:443/v2/x").is_ok());
+    }
+
+    #[test]
+    fn credentials_travel_in_clear_text_only_to_listed_hosts() {
+        let client = RegistryClient::new(ClientSettings {
+            plain_http: vec![
+                "r.example:5000".into(),
+                "Plain.example".into(),
+                "x.example:80".into(),
+            ],
+            ..ClientSettings::default()
+        })
+        .expect("client");
+        let may = |u: &str| client.may_carry_credentials(&reqwest::Url::parse(u).expect("url"));
+        assert!(may("https://anywhere.example/token"), "TLS: any host");
+        assert!(may("http://r.example:5000/v2/"));
+        assert!(!may("http://r.example:5001/v2/"), "another port");
+        assert!(!may("http://r.example/v2/"), "listed with a port only");
+        assert!(may("http://plain.example/v2/"));
+        assert!(may("http://plain.example:80/v2/"), "default port");
+        assert!(!may("http://plain.example:8080/v2/"));
+        assert!(may("http://x.example/v2/"), "x.example:80 listed");
+        assert!(!may("http://other.example/token"));
+        assert!(!may("ftp://r.example:5000/"));
+        let anonymous = client.check_credentials(
+            "r",
+            &reqwest::Url::parse("http://other.example/").expect("url"),
+            None,
+        );
+        assert!(anonymous.is_ok(), "nothing to protect without credentials");
     }
 
     #[test]

@@ -46,6 +46,13 @@ pub enum RegistryError {
         "registry {registry} sent a pagination Link to another origin ({target}); it is not followed, so that no request or credential leaves the registry"
     )]
     ForeignLink { registry: String, target: String },
+    /// Credentials (basic, or a token they bought) would travel over plain HTTP to a host the
+    /// operator did not list with `--insecure-registry`: the registry itself (the
+    /// `insecureSkipTLSVerify` fallback to HTTP) or a token realm. Nothing was sent.
+    #[error(
+        "refusing to send the credentials for registry {registry} to {target} over plain HTTP: only hosts the operator lists with --insecure-registry get credentials without TLS"
+    )]
+    InsecureCredentials { registry: String, target: String },
     /// Client configuration problem (bad CA file).
     #[error("registry client configuration: {0}")]
     Config(String),
@@ -73,6 +80,7 @@ impl RegistryError {
             RegistryError::Status { .. } => "status",
             RegistryError::InvalidTagList { .. } => "invalid_tag_list",
             RegistryError::ForeignLink { .. } => "foreign_link",
+            RegistryError::InsecureCredentials { .. } => "insecure_credentials",
             RegistryError::Config(_) => "config",
         }
     }
