@@ -557,3 +557,18 @@ async fn a_plain_http_token_realm_elsewhere_gets_no_credentials() {
     );
     assert_eq!(rec.authorized.load(Ordering::SeqCst), 0);
 }
+
+/// Per-registry state is bounded: 2,000 registry hosts named by tenants leave at most 1,000
+/// request counters behind (the token and concurrency maps are bounded alike: client.rs tests).
+#[tokio::test]
+async fn per_registry_state_is_bounded() {
+    let c = client(100);
+    for i in 0..2000u32 {
+        // Loopback addresses with nothing listening on port 1: refused at once.
+        let host = format!("127.0.{}.{}:1", i / 250, 1 + i % 250);
+        let image = reference::parse(&format!("{host}/x")).expect("ref");
+        let _ = c.list_tags(&image, None, TlsMode::PlainHttp).await;
+    }
+    let counters = c.request_counts().len();
+    assert!(counters <= 1000, "{counters} request counters kept");
+}

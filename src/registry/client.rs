@@ -5,8 +5,12 @@
 //! (so Retry-After cannot be honoured) and keys credentials by host only.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use moka::policy::EvictionPolicy;
+use moka::sync::Cache;
 
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, LINK, RETRY_AFTER, WWW_AUTHENTICATE};
@@ -78,15 +82,30 @@ impl Default for ClientSettings {
     }
 }
 
+/// Registry hosts whose concurrency cap is remembered; the least recently used is forgotten.
+pub const MAX_TRACKED_REGISTRIES: u64 = 10_000;
+/// A registry's concurrency cap is forgotten after this long without a request.
+pub const REGISTRY_IDLE: Duration = Duration::from_secs(10 * 60);
+/// Bytes of bearer tokens (with their keys) kept; the least recently used go first.
+pub const TOKEN_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+/// A bearer token is reused for at most this long (an expired one costs a 401 and a new token).
+pub const TOKEN_TTL: Duration = Duration::from_secs(5 * 60);
+/// (registry, kind) request counters kept for [`RegistryClient::request_counts`].
+pub const MAX_REQUEST_COUNTERS: u64 = 1_000;
+
+/// Token cache key: (registry, repository, credential fingerprint).
+type TokenKey = (String, String, String);
+
 /// Registry client shared by the whole process: one HTTP client per TLS mode, one semaphore per
-/// registry host, a bearer-token cache per (host, repository, credential).
+/// registry host, a bearer-token cache per (host, repository, credential). Every map is keyed by
+/// names tenants choose, so each is bounded (entries or bytes) and forgets idle entries.
 pub struct RegistryClient {
     settings: ClientSettings,
     verify: reqwest::Client,
     skip_verify: reqwest::Client,
-    limits: Mutex<HashMap<String, Arc<Semaphore>>>,
-    tokens: Mutex<HashMap<(String, String, String), String>>,
-    requests: Mutex<HashMap<(String, String), u64>>,
+    limits: Cache<String, Arc<Semaphore>>,
+    tokens: Cache<TokenKey, Arc<str>>,
+    requests: Cache<(String, String), Arc<AtomicU64>>,
 }
 
 #[derive(Deserialize)]
@@ -139,9 +158,27 @@ impl RegistryClient {
             verify: build(false)?,
             skip_verify: build(true)?,
             settings,
-            limits: Mutex::new(HashMap::new()),
-            tokens: Mutex::new(HashMap::new()),
-            requests: Mutex::new(HashMap::new()),
+            // LRU rather than moka's default TinyLFU admission: a registry seen for the first
+            // time must get its own semaphore (and keep it), even when the map is full.
+            limits: Cache::builder()
+                .max_capacity(MAX_TRACKED_REGISTRIES)
+                .time_to_idle(REGISTRY_IDLE)
+                .eviction_policy(EvictionPolicy::lru())
+                .build(),
+            tokens: Cache::builder()
+                .weigher(|k: &TokenKey, v: &Arc<str>| {
+                    let bytes = k.0.len() + k.1.len() + k.2.len() + v.len();
+                    u32::try_from(bytes).unwrap_or(u32::MAX)
+                })
+                .max_capacity(TOKEN_CACHE_BYTES)
+                .time_to_live(TOKEN_TTL)
+                .eviction_policy(EvictionPolicy::lru())
+                .build(),
+            requests: Cache::builder()
+                .max_capacity(MAX_REQUEST_COUNTERS)
+                .time_to_idle(Duration::from_secs(3600))
+                .eviction_policy(EvictionPolicy::lru())
+                .build(),
         })
     }
 
@@ -194,8 +231,13 @@ impl RegistryClient {
     }
 
     /// Requests sent so far, by (registry, kind) where kind is `tags`, `manifest` or `token`.
+    /// At most [`MAX_REQUEST_COUNTERS`] pairs are kept, the least recently counted forgotten.
     pub fn request_counts(&self) -> HashMap<(String, String), u64> {
-        self.requests.lock().map(|m| m.clone()).unwrap_or_default()
+        self.requests.run_pending_tasks();
+        self.requests
+            .iter()
+            .map(|(k, v)| ((*k).clone(), v.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// Lists every tag of the repository, following `Link` pagination (and `n`/`last` when a
@@ -304,26 +346,23 @@ impl RegistryClient {
         }
     }
 
+    /// The registry's concurrency cap. A registry forgotten (idle, or evicted from a full map)
+    /// while requests hold permits gets a fresh semaphore, so its cap can be exceeded for at most
+    /// the duration of those requests.
     fn semaphore(&self, registry: &str) -> Arc<Semaphore> {
-        let mut limits = match self.limits.lock() {
-            Ok(l) => l,
-            Err(p) => p.into_inner(),
-        };
-        limits
-            .entry(registry.to_string())
-            .or_insert_with(|| {
-                Arc::new(Semaphore::new(
-                    self.settings.per_registry_concurrency.max(1),
-                ))
-            })
-            .clone()
+        self.limits.get_with_by_ref(registry, || {
+            Arc::new(Semaphore::new(
+                self.settings.per_registry_concurrency.max(1),
+            ))
+        })
     }
 
     fn count(&self, registry: &str, kind: &str) {
-        if let Ok(mut m) = self.requests.lock() {
-            *m.entry((registry.to_string(), kind.to_string()))
-                .or_default() += 1;
-        }
+        self.requests
+            .get_with((registry.to_string(), kind.to_string()), || {
+                Arc::new(AtomicU64::new(0))
+            })
+            .fetch_add(1, Ordering::Relaxed);
         crate::metrics::registry_request(registry, kind);
     }
 
@@ -361,11 +400,7 @@ impl RegistryClient {
             if let Some(a) = accept {
                 req = req.header(ACCEPT, a);
             }
-            let token = self
-                .tokens
-                .lock()
-                .ok()
-                .and_then(|t| t.get(&token_key).cloned());
+            let token = self.tokens.get(&token_key);
             if let Some(token) = &token {
                 req = req.header(AUTHORIZATION, format!("Bearer {token}"));
             } else if let Some(c) = credential {
@@ -385,9 +420,7 @@ impl RegistryClient {
                     let token = self
                         .fetch_token(registry, tls, &challenge, image, credential)
                         .await?;
-                    if let Ok(mut t) = self.tokens.lock() {
-                        t.insert(token_key.clone(), token);
-                    }
+                    self.tokens.insert(token_key.clone(), Arc::from(token));
                     continue;
                 }
             }
@@ -995,6 +1028,7 @@ mod tests {
 
     #[test]
     fn credentials_travel_in_clear_text_only_to_listed_hosts() {
+        kimup_testenv::install_crypto_provider();
         let client = RegistryClient::new(ClientSettings {
             plain_http: vec![
                 "r.example:5000".into(),
@@ -1021,6 +1055,41 @@ mod tests {
             None,
         );
         assert!(anonymous.is_ok(), "nothing to protect without credentials");
+    }
+
+    #[test]
+    fn token_and_semaphore_maps_are_bounded() {
+        kimup_testenv::install_crypto_provider();
+        let client = RegistryClient::new(ClientSettings::default()).expect("client");
+        // 1,000 repositories with the largest token a response may hold: 64 MiB offered.
+        for i in 0..1000 {
+            let token: Arc<str> = Arc::from(format!("{i}").repeat(64 * 1024 / 4));
+            client.tokens.insert(
+                (
+                    "r.example".into(),
+                    format!("team/app{i}"),
+                    "anonymous".into(),
+                ),
+                token,
+            );
+        }
+        client.tokens.run_pending_tasks();
+        assert!(
+            client.tokens.weighted_size() <= TOKEN_CACHE_BYTES,
+            "{} bytes of tokens",
+            client.tokens.weighted_size()
+        );
+        assert!(client.tokens.entry_count() > 0, "recent tokens are kept");
+
+        for i in 0..MAX_TRACKED_REGISTRIES + 500 {
+            client.semaphore(&format!("r{i}.example"));
+        }
+        client.limits.run_pending_tasks();
+        assert!(client.limits.entry_count() <= MAX_TRACKED_REGISTRIES);
+        // A full map still gives a new registry one semaphore that it keeps.
+        let first = client.semaphore("new.example");
+        client.limits.run_pending_tasks();
+        assert!(Arc::ptr_eq(&first, &client.semaphore("new.example")));
     }
 
     #[test]
