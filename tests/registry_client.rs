@@ -572,3 +572,32 @@ async fn per_registry_state_is_bounded() {
     let counters = c.request_counts().len();
     assert!(counters <= 1000, "{counters} request counters kept");
 }
+
+/// The tag cache is bounded by bytes, not entries: 24 repositories of 3 MB tag lists (25,000
+/// tags of 120 characters, served by the fault proxy in front of the real registry) leave at
+/// most 64 MiB cached.
+#[tokio::test]
+async fn tag_cache_is_bounded_by_bytes() {
+    let env = common::env();
+    let proxy = HttpFaultProxy::start(&env.plain_registry().base_url())
+        .await
+        .expect("proxy");
+    let tags: Vec<String> = (0..25_000).map(|i| format!("{i:0>120}")).collect();
+    let body = serde_json::json!({"name": "x", "tags": tags}).to_string();
+    proxy.set(
+        FaultPlan::new(HttpFault::status(200).with_body(body.into_bytes()))
+            .on_paths_containing("/tags/list"),
+    );
+    let cache = TagCache::new(client(1000), Duration::from_secs(600));
+    for i in 0..24 {
+        let image = reference::parse(&format!("{}/big/repo{i}", proxy.host)).expect("ref");
+        let (got, _) = cache
+            .tags(&image, None, TlsMode::PlainHttp)
+            .await
+            .expect("tags");
+        assert_eq!(got.len(), 25_000);
+    }
+    let held = cache.bytes_held().await;
+    assert!(held <= 64 * 1024 * 1024, "{held} bytes of tag lists cached");
+    assert!(held > 0, "recent lists are cached");
+}
