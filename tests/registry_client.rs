@@ -601,3 +601,84 @@ async fn tag_cache_is_bounded_by_bytes() {
     assert!(held <= 64 * 1024 * 1024, "{held} bytes of tag lists cached");
     assert!(held > 0, "recent lists are cached");
 }
+
+/// A registry serving a 5 MB tag page (40,000 tags of 125 characters): the listing fails
+/// naming the 4 MiB page limit.
+#[tokio::test]
+async fn an_oversized_tag_page_fails_naming_the_limit() {
+    let env = common::env();
+    let proxy = HttpFaultProxy::start(&env.plain_registry().base_url())
+        .await
+        .expect("proxy");
+    let tags: Vec<String> = (0..40_000).map(|i| format!("{i:0>125}")).collect();
+    let body = serde_json::json!({"name": "x", "tags": tags}).to_string();
+    assert!(body.len() > 5_000_000);
+    proxy.set(
+        FaultPlan::new(HttpFault::status(200).with_body(body.into_bytes()))
+            .on_paths_containing("/tags/list"),
+    );
+    let image = reference::parse(&format!("{}/big/page", proxy.host)).expect("ref");
+    let got = client(1000)
+        .list_tags(&image, None, TlsMode::PlainHttp)
+        .await
+        .map(|t| t.len());
+    let err = got.expect_err("page over the limit");
+    assert_eq!(err.metric_label(), "tags_limit", "{err}");
+    assert!(err.to_string().contains("4 MiB"), "{err}");
+    assert_eq!(err.result(), kimup::api::SyncResult::TagsError);
+}
+
+/// A registry listing 100,001 tags in one page (1.1 MB): the listing fails naming the limit
+/// of 100,000 tags per repository.
+#[tokio::test]
+async fn too_many_tags_fail_naming_the_limit() {
+    let env = common::env();
+    let proxy = HttpFaultProxy::start(&env.plain_registry().base_url())
+        .await
+        .expect("proxy");
+    let tags: Vec<String> = (0..100_001).map(|i| format!("t{i}")).collect();
+    let body = serde_json::json!({"name": "x", "tags": tags}).to_string();
+    proxy.set(
+        FaultPlan::new(HttpFault::status(200).with_body(body.into_bytes()))
+            .on_paths_containing("/tags/list"),
+    );
+    let image = reference::parse(&format!("{}/many/tags", proxy.host)).expect("ref");
+    let got = client(1000)
+        .list_tags(&image, None, TlsMode::PlainHttp)
+        .await
+        .map(|t| t.len());
+    let err = got.expect_err("over the tag limit");
+    assert_eq!(err.metric_label(), "tags_limit", "{err}");
+    assert!(err.to_string().contains("100000 tags"), "{err}");
+}
+
+/// A token realm answering 100 KiB: the token negotiation fails naming the 64 KiB limit.
+#[tokio::test]
+async fn an_oversized_token_response_fails_naming_the_limit() {
+    let env = common::env();
+    let reg = env.plain_registry();
+    reg.push_tags("client/bigtoken", &["1.0.0"])
+        .await
+        .expect("push");
+    let proxy = HttpFaultProxy::start(&reg.base_url()).await.expect("proxy");
+    proxy.set(
+        FaultPlan::new(HttpFault::status(401).with_header(
+            "www-authenticate",
+            &format!(r#"Bearer realm="{}/token",service="registry""#, proxy.url),
+        ))
+        .times(1)
+        .on_paths_containing("/tags/list"),
+    );
+    let token = serde_json::json!({"token": "a".repeat(100 * 1024)}).to_string();
+    proxy.add(
+        FaultPlan::new(HttpFault::status(200).with_body(token.into_bytes()))
+            .on_paths_containing("/token"),
+    );
+    let image = reference::parse(&format!("{}/client/bigtoken", proxy.host)).expect("ref");
+    let got = client(1000)
+        .list_tags(&image, None, TlsMode::PlainHttp)
+        .await;
+    let err = got.expect_err("token over the limit");
+    assert_eq!(err.metric_label(), "response_too_large", "{err}");
+    assert!(err.to_string().contains("64 KiB"), "{err}");
+}

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use super::credentials::Credential;
-use super::error::{RegistryError, redact_origin, scrub};
+use super::error::{RegistryError, human_bytes, redact_origin, scrub};
 use super::reference::ImageRef;
 
 /// How to reach a registry over the network.
@@ -60,6 +60,14 @@ pub struct ClientSettings {
     pub page_size: usize,
     /// Hard cap on pages followed for one listing (a looping `Link` must not spin forever).
     pub max_pages: usize,
+    /// Largest tag-list page read; a larger one fails the listing (`TagsLimit`).
+    pub max_tag_page_bytes: usize,
+    /// Most distinct tags kept for one repository; more fail the listing (`TagsLimit`).
+    pub max_tags: usize,
+    /// Largest token response read; a larger one fails the negotiation (`ResponseTooLarge`).
+    pub max_token_bytes: usize,
+    /// Most of an error response read for its message; the rest is not read.
+    pub max_error_body_bytes: usize,
     /// Registries reached over plain HTTP (`host[:port]`).
     pub plain_http: Vec<String>,
     /// Extra CA certificates (PEM) trusted for every registry.
@@ -76,6 +84,10 @@ impl Default for ClientSettings {
             max_backoff: Duration::from_secs(30),
             page_size: 1000,
             max_pages: 100,
+            max_tag_page_bytes: 4 * 1024 * 1024,
+            max_tags: 100_000,
+            max_token_bytes: 64 * 1024,
+            max_error_body_bytes: 64 * 1024,
             plain_http: Vec::new(),
             extra_ca_pem: Vec::new(),
         }
@@ -263,16 +275,38 @@ impl RegistryClient {
         for _ in 0..self.settings.max_pages {
             let resp = self.get(image, credential, tls, &url, None, "tags").await?;
             let link = next_link(resp.headers());
-            let body = resp
-                .bytes()
+            let limit = self.settings.max_tag_page_bytes;
+            let body = read_capped(resp, limit)
                 .await
-                .map_err(|e| network_error(&image.registry, e, credential))?;
+                .map_err(|e| network_error(&image.registry, e, credential))?
+                .ok_or_else(|| RegistryError::TagsLimit {
+                    repository: image.repository_key(),
+                    limit: format!("{} per page", human_bytes(limit)),
+                })?;
             let page = parse_tag_page(image, &body)?;
+            drop(body);
             let tags = page.tags.unwrap_or_default();
             let n = tags.len();
+            // `last` is what the registry sent, valid or not: it is where its next page starts.
             let last = tags.last().cloned();
             let before = all.len();
-            all.extend(tags);
+            // Only valid tags are kept: a tag is at most 128 characters, which bounds what a
+            // listing holds, and a tag becomes part of a manifest URL.
+            let mut invalid = 0usize;
+            all.extend(tags.into_iter().filter(|t| {
+                let ok = super::reference::is_valid_tag(t);
+                invalid += usize::from(!ok);
+                ok
+            }));
+            if invalid > 0 {
+                tracing::debug!(registry = %image.registry, invalid, "invalid tags left out");
+            }
+            if all.len() > self.settings.max_tags {
+                return Err(RegistryError::TagsLimit {
+                    repository: image.repository_key(),
+                    limit: format!("{} tags", self.settings.max_tags),
+                });
+            }
             // A page that adds nothing means the registry is not paginating (or loops): stop.
             if all.len() == before {
                 return Ok(all.into_iter().collect());
@@ -435,7 +469,8 @@ impl RegistryClient {
                 tokio::time::sleep(wait).await;
                 continue;
             }
-            let body = resp.text().await.unwrap_or_default();
+            // Only the start of an error body is read: its message is all that is shown.
+            let body = read_truncated(resp, self.settings.max_error_body_bytes).await;
             let mut secrets = secrets(credential);
             secrets.extend(token.as_deref());
             return Err(status_error(image, status, &body, &secrets));
@@ -490,10 +525,15 @@ impl RegistryClient {
                 reason: format!("token endpoint answered {}", resp.status()),
             });
         }
-        let body = resp
-            .bytes()
+        let limit = self.settings.max_token_bytes;
+        let body = read_capped(resp, limit)
             .await
-            .map_err(|e| network_error(registry, e, credential))?;
+            .map_err(|e| network_error(registry, e, credential))?
+            .ok_or_else(|| RegistryError::ResponseTooLarge {
+                registry: registry.to_string(),
+                what: "token response",
+                limit: human_bytes(limit),
+            })?;
         let body: TokenResponse =
             serde_json::from_slice(&body).map_err(|e| RegistryError::Auth {
                 registry: registry.to_string(),
@@ -506,6 +546,47 @@ impl RegistryClient {
                 reason: "token response without token".into(),
             })
     }
+}
+
+/// The body, read chunk by chunk; `None` as soon as it is larger than `limit` (reading stops
+/// there, and a Content-Length over the limit is refused before reading).
+async fn read_capped(
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    let declared = resp.content_length().unwrap_or(0);
+    if declared > limit as u64 {
+        return Ok(None);
+    }
+    let mut body = Vec::with_capacity(declared as usize);
+    while let Some(chunk) = resp.chunk().await? {
+        let needed = body.len() + chunk.len();
+        if needed > limit {
+            return Ok(None);
+        }
+        if needed > body.capacity() {
+            // Doubling, but never past the limit.
+            let target = (body.capacity() * 2).max(needed).min(limit);
+            body.reserve_exact(target - body.len());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
+/// At most `limit` bytes of the body as text (lossy); a read error ends it.
+async fn read_truncated(mut resp: reqwest::Response, limit: usize) -> String {
+    let mut body = Vec::new();
+    while body.len() < limit {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let take = chunk.len().min(limit - body.len());
+                body.extend_from_slice(&chunk[..take]);
+            }
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 /// A page of a tag list.
@@ -801,6 +882,29 @@ mod tests {
         addr
     }
 
+    /// A loopback HTTP server answering every request with 200 and `body` (with Content-Length).
+    async fn answering(body: &'static str) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = [0u8; 4096];
+                    let _ = conn.read(&mut request).await;
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = conn.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        addr
+    }
+
     /// Every variant, built by the code that builds it from a URL carrying `user:SECRET@` and
     /// `?token=SECRET` (and the password SECRET), never shows SECRET.
     #[tokio::test]
@@ -892,6 +996,33 @@ mod tests {
                 .expect_err("clear-text realm"),
         );
 
+        let big =
+            answering(r#"{"tags":["1.0.0","1.1.0"],"token":"0123456789abcdef0123456789"}"#).await;
+        let small = RegistryClient::new(ClientSettings {
+            max_tag_page_bytes: 16,
+            max_token_bytes: 16,
+            ..ClientSettings::default()
+        })
+        .expect("client");
+        let listed = crate::registry::reference::parse(&format!("{big}/team/app")).expect("ref");
+        errors.push(
+            small
+                .list_tags(&listed, None, TlsMode::PlainHttp)
+                .await
+                .expect_err("page over 16 bytes"),
+        );
+        let big_token: HashMap<String, String> = [(
+            "realm".to_string(),
+            format!("http://user:SECRET@{big}/token?token=SECRET"),
+        )]
+        .into();
+        errors.push(
+            small
+                .fetch_token("r.example", TlsMode::Verify, &big_token, &image, None)
+                .await
+                .expect_err("token over 16 bytes"),
+        );
+
         let page = br#"{"tags": "https://user:SECRET@x.example/v2/?token=SECRET"}"#;
         errors.push(parse_tag_page(&image, page).err().expect("invalid page"));
 
@@ -930,13 +1061,15 @@ mod tests {
                 RegistryError::InvalidTagList { .. } => "invalid_tag_list",
                 RegistryError::ForeignLink { .. } => "foreign_link",
                 RegistryError::InsecureCredentials { .. } => "insecure_credentials",
+                RegistryError::TagsLimit { .. } => "tags_limit",
+                RegistryError::ResponseTooLarge { .. } => "response_too_large",
                 RegistryError::Config(_) => "config",
             };
             seen.insert(name);
             let shown = format!("{e} {e:?}");
             assert!(!shown.contains("SECRET"), "{name}: {shown}");
         }
-        assert_eq!(seen.len(), 12, "every variant was built: {seen:?}");
+        assert_eq!(seen.len(), 14, "every variant was built: {seen:?}");
     }
 
     fn headers(name: reqwest::header::HeaderName, v: &str) -> HeaderMap {
@@ -1090,6 +1223,26 @@ mod tests {
         let first = client.semaphore("new.example");
         client.limits.run_pending_tasks();
         assert!(Arc::ptr_eq(&first, &client.semaphore("new.example")));
+    }
+
+    #[test]
+    fn listed_tags_are_valid_tags() {
+        use crate::registry::reference::is_valid_tag;
+        for ok in ["1.0.0", "v1.2.3-alpine", "latest", "_x", &"a".repeat(128)] {
+            assert!(is_valid_tag(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "../x",
+            "a/b",
+            "a b",
+            "a?b",
+            ".x",
+            "-x",
+            &"a".repeat(129),
+        ] {
+            assert!(!is_valid_tag(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -53,6 +53,18 @@ pub enum RegistryError {
         "refusing to send the credentials for registry {registry} to {target} over plain HTTP: only hosts the operator lists with --insecure-registry get credentials without TLS"
     )]
     InsecureCredentials { registry: String, target: String },
+    /// A tag list over a limit: a page over `ClientSettings::max_tag_page_bytes`, or more than
+    /// `ClientSettings::max_tags` tags in the repository. Reading stopped at the limit.
+    #[error("tag list for {repository} exceeds the limit of {limit}")]
+    TagsLimit { repository: String, limit: String },
+    /// A response body over its limit (token responses: `ClientSettings::max_token_bytes`).
+    /// Reading stopped at the limit.
+    #[error("registry {registry} sent a {what} larger than the limit of {limit}")]
+    ResponseTooLarge {
+        registry: String,
+        what: &'static str,
+        limit: String,
+    },
     /// Client configuration problem (bad CA file).
     #[error("registry client configuration: {0}")]
     Config(String),
@@ -62,7 +74,9 @@ impl RegistryError {
     /// Status result for an Image whose sync failed with this error.
     pub fn result(&self) -> SyncResult {
         match self {
-            RegistryError::InvalidTagList { .. } => SyncResult::TagsError,
+            RegistryError::InvalidTagList { .. } | RegistryError::TagsLimit { .. } => {
+                SyncResult::TagsError
+            }
             _ => SyncResult::RegistryError,
         }
     }
@@ -81,6 +95,8 @@ impl RegistryError {
             RegistryError::InvalidTagList { .. } => "invalid_tag_list",
             RegistryError::ForeignLink { .. } => "foreign_link",
             RegistryError::InsecureCredentials { .. } => "insecure_credentials",
+            RegistryError::TagsLimit { .. } => "tags_limit",
+            RegistryError::ResponseTooLarge { .. } => "response_too_large",
             RegistryError::Config(_) => "config",
         }
     }
@@ -138,6 +154,19 @@ pub fn scrub(text: &str, secrets: &[&str]) -> String {
     out
 }
 
+/// A byte count as limits are written: `4 MiB`, `64 KiB`, else bytes.
+pub fn human_bytes(n: usize) -> String {
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * 1024;
+    if n >= MIB && n.is_multiple_of(MIB) {
+        format!("{} MiB", n / MIB)
+    } else if n >= KIB && n.is_multiple_of(KIB) {
+        format!("{} KiB", n / KIB)
+    } else {
+        format!("{n} bytes")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,5 +193,8 @@ mod tests {
         let url = reqwest::Url::parse("https://u:p@h/t?q=1#f").expect("url");
         assert_eq!(redact_url(&url), "https://h/t");
         assert_eq!(redact_origin(&url), "https://h");
+        assert_eq!(human_bytes(4 * 1024 * 1024), "4 MiB");
+        assert_eq!(human_bytes(64 * 1024), "64 KiB");
+        assert_eq!(human_bytes(1000), "1000 bytes");
     }
 }
