@@ -142,6 +142,8 @@ application/vnd.docker.distribution.manifest.v2+json";
 impl RegistryClient {
     /// Builds the HTTP clients; fails on an unreadable CA certificate rather than falling back.
     pub fn new(settings: ClientSettings) -> Result<Self, RegistryError> {
+        // The operator's registries keep their own metric label past the tenant-host bound.
+        crate::metrics::name_registries(&settings.plain_http);
         let build = |skip: bool| -> Result<reqwest::Client, RegistryError> {
             let mut certs = Vec::new();
             for pem in &settings.extra_ca_pem {
