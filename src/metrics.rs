@@ -1,6 +1,7 @@
 //! Prometheus metrics: kimup's names where they fit, plus cache, registry and sync figures.
 
-use std::sync::OnceLock;
+use std::collections::HashSet;
+use std::sync::{Mutex, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -153,12 +154,59 @@ fn metrics() -> &'static Metrics {
     })
 }
 
-/// Counts one registry request.
+/// Registry hosts given their own `registry` label in the order they are first seen, besides
+/// those the operator names; later hosts share the label `other`. Hosts come from tenants' Image
+/// specs, so without a bound every new host would add a series.
+pub const MAX_REGISTRY_LABELS: usize = 50;
+
+/// The `registry` label values handed out so far.
+#[derive(Default)]
+struct RegistryLabelSet {
+    /// Named by the operator (`--insecure-registry`): always their own label.
+    named: HashSet<String>,
+    /// First seen, at most [`MAX_REGISTRY_LABELS`].
+    seen: HashSet<String>,
+}
+
+fn registry_label_set() -> &'static Mutex<RegistryLabelSet> {
+    static S: OnceLock<Mutex<RegistryLabelSet>> = OnceLock::new();
+    S.get_or_init(Default::default)
+}
+
+/// Gives the registries the operator named their own `registry` label, whatever the count of
+/// tenant registries seen.
+pub fn name_registries(hosts: &[String]) {
+    let mut set = match registry_label_set().lock() {
+        Ok(s) => s,
+        Err(p) => p.into_inner(),
+    };
+    set.named.extend(hosts.iter().cloned());
+}
+
+/// The `registry` label for a host: itself when the operator named it or it is among the first
+/// [`MAX_REGISTRY_LABELS`] seen, else `other` (not a possible registry name: it has no dot or
+/// port, so it would be a Docker Hub namespace).
+fn registry_label(host: &str) -> String {
+    let mut set = match registry_label_set().lock() {
+        Ok(s) => s,
+        Err(p) => p.into_inner(),
+    };
+    if set.named.contains(host) || set.seen.contains(host) {
+        return host.to_string();
+    }
+    if set.seen.len() < MAX_REGISTRY_LABELS {
+        set.seen.insert(host.to_string());
+        return host.to_string();
+    }
+    "other".to_string()
+}
+
+/// Counts one registry request (label bounded by [`MAX_REGISTRY_LABELS`]).
 pub fn registry_request(registry: &str, kind: &str) {
     metrics()
         .registry_requests
         .get_or_create(&RegistryLabels {
-            registry: registry.to_string(),
+            registry: registry_label(registry),
             kind: kind.to_string(),
         })
         .inc();
@@ -259,4 +307,36 @@ pub fn encode() -> String {
         out.clear();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Distinct `registry` label values in the exposition.
+    fn registry_labels() -> std::collections::BTreeSet<String> {
+        encode()
+            .lines()
+            .filter(|l| l.starts_with("kimup_registry_request_total{"))
+            .filter_map(|l| l.split("registry=\"").nth(1))
+            .filter_map(|rest| rest.split('"').next())
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn registry_label_cardinality_is_bounded() {
+        for i in 0..200 {
+            registry_request(&format!("tenant{i}.example"), "tags");
+        }
+        let labels = registry_labels();
+        // 50 first-seen hosts, `other`, and the few hosts other tests of this binary name with
+        // --insecure-registry.
+        assert!(labels.len() <= 61, "{} registry labels", labels.len());
+        assert!(labels.contains("other"), "{labels:?}");
+        // An operator-named registry keeps its own label however many were seen before.
+        name_registries(&["mirror.internal:5000".to_string()]);
+        registry_request("mirror.internal:5000", "tags");
+        assert!(registry_labels().contains("mirror.internal:5000"));
+    }
 }

@@ -1131,7 +1131,9 @@ fn record_delivered(alerts: &mut Vec<AlertRecord>, record: AlertRecord) {
 }
 
 /// Lists tags; for `insecureSkipTLSVerify` Images whose registry answers HTTPS with plain HTTP,
-/// retries over HTTP, as kimup (Go) did.
+/// retries over HTTP, as kimup (Go) did. The retry carries no credentials: with a pull secret the
+/// client refuses it (`RegistryError::InsecureCredentials`) unless the operator listed the
+/// registry with `--insecure-registry`, in which case it was reached over HTTP in the first place.
 async fn tags_with_fallback(
     shared: &Shared,
     reference: &ImageRef,

@@ -179,3 +179,100 @@ async fn self_signed_certificate_needs_trust_or_insecure_skip() {
     assert_eq!(skip.result, Some(SyncResult::Success), "{:?}", skip.message);
     assert_eq!(skip.tag.as_deref(), Some("1.2.0"));
 }
+
+/// insecureSkipTLSVerify on a registry that answers HTTPS with plain HTTP: kimup (Go) retried
+/// over HTTP, sending the pull secret's password in clear text. The retry stays for anonymous
+/// listings; with credentials it is refused unless the operator lists the registry with
+/// `--insecure-registry`.
+#[tokio::test]
+async fn plain_http_fallback_never_carries_credentials() {
+    let env = env();
+    let cluster = &env.clusters[0];
+    let client = cluster.client().await.expect("client");
+    let ns = env.namespace(0, "fallback").await.expect("namespace");
+    let reg = env.plain_registry();
+    for repo in ["fallback/creds", "fallback/anon"] {
+        reg.push_tags(repo, &["1.0.0", "1.3.0"])
+            .await
+            .expect("push");
+    }
+    // A plain-HTTP registry host kimup does not list (start_kimup lists the registry itself).
+    let proxy = kimup_testenv::httpfault::HttpFaultProxy::start(&reg.base_url())
+        .await
+        .expect("proxy");
+    create_secret(
+        &client,
+        &ns,
+        &pull_secret("creds", &proxy.host, "user", "cleartext-password"),
+    )
+    .await;
+    create_secret(
+        &client,
+        &ns,
+        &pull_secret("elsewhere", "elsewhere.example", "user", "pw"),
+    )
+    .await;
+    let kimup = start_kimup(env, cluster, &ns, &[]);
+    create_image(
+        &client,
+        &ns,
+        &image(
+            "creds",
+            &proxy.host,
+            "fallback/creds",
+            "creds",
+            true,
+            "apply",
+        ),
+    )
+    .await;
+    create_image(
+        &client,
+        &ns,
+        &image(
+            "anonymous",
+            &proxy.host,
+            "fallback/anon",
+            "elsewhere",
+            true,
+            "apply",
+        ),
+    )
+    .await;
+
+    let anonymous = wait_status(
+        &client,
+        &ns,
+        "anonymous",
+        Duration::from_secs(60),
+        &kimup,
+        |s| s.result.is_some(),
+    )
+    .await;
+    assert_eq!(
+        anonymous.result,
+        Some(SyncResult::Success),
+        "{:?}",
+        anonymous.message
+    );
+    assert_eq!(anonymous.tag.as_deref(), Some("1.3.0"));
+
+    let creds = wait_status(
+        &client,
+        &ns,
+        "creds",
+        Duration::from_secs(60),
+        &kimup,
+        |s| s.result.is_some(),
+    )
+    .await;
+    assert_eq!(
+        proxy.stats().authorized,
+        0,
+        "credentials went over plain HTTP; status: {creds:?}"
+    );
+    assert_eq!(creds.result, Some(SyncResult::RegistryError));
+    let msg = creds.message.unwrap_or_default();
+    assert!(msg.contains("--insecure-registry"), "{msg}");
+    assert!(!msg.contains("cleartext-password"), "{msg}");
+}

@@ -5,8 +5,12 @@
 //! (so Retry-After cannot be honoured) and keys credentials by host only.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use moka::policy::EvictionPolicy;
+use moka::sync::Cache;
 
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, LINK, RETRY_AFTER, WWW_AUTHENTICATE};
@@ -14,7 +18,7 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use super::credentials::Credential;
-use super::error::RegistryError;
+use super::error::{RegistryError, human_bytes, redact_origin, scrub};
 use super::reference::ImageRef;
 
 /// How to reach a registry over the network.
@@ -56,6 +60,14 @@ pub struct ClientSettings {
     pub page_size: usize,
     /// Hard cap on pages followed for one listing (a looping `Link` must not spin forever).
     pub max_pages: usize,
+    /// Largest tag-list page read; a larger one fails the listing (`TagsLimit`).
+    pub max_tag_page_bytes: usize,
+    /// Most distinct tags kept for one repository; more fail the listing (`TagsLimit`).
+    pub max_tags: usize,
+    /// Largest token response read; a larger one fails the negotiation (`ResponseTooLarge`).
+    pub max_token_bytes: usize,
+    /// Most of an error response read for its message; the rest is not read.
+    pub max_error_body_bytes: usize,
     /// Registries reached over plain HTTP (`host[:port]`).
     pub plain_http: Vec<String>,
     /// Extra CA certificates (PEM) trusted for every registry.
@@ -72,21 +84,40 @@ impl Default for ClientSettings {
             max_backoff: Duration::from_secs(30),
             page_size: 1000,
             max_pages: 100,
+            max_tag_page_bytes: 4 * 1024 * 1024,
+            max_tags: 100_000,
+            max_token_bytes: 64 * 1024,
+            max_error_body_bytes: 64 * 1024,
             plain_http: Vec::new(),
             extra_ca_pem: Vec::new(),
         }
     }
 }
 
+/// Registry hosts whose concurrency cap is remembered; the least recently used is forgotten.
+pub const MAX_TRACKED_REGISTRIES: u64 = 10_000;
+/// A registry's concurrency cap is forgotten after this long without a request.
+pub const REGISTRY_IDLE: Duration = Duration::from_secs(10 * 60);
+/// Bytes of bearer tokens (with their keys) kept; the least recently used go first.
+pub const TOKEN_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+/// A bearer token is reused for at most this long (an expired one costs a 401 and a new token).
+pub const TOKEN_TTL: Duration = Duration::from_secs(5 * 60);
+/// (registry, kind) request counters kept for [`RegistryClient::request_counts`].
+pub const MAX_REQUEST_COUNTERS: u64 = 1_000;
+
+/// Token cache key: (registry, repository, credential fingerprint).
+type TokenKey = (String, String, String);
+
 /// Registry client shared by the whole process: one HTTP client per TLS mode, one semaphore per
-/// registry host, a bearer-token cache per (host, repository, credential).
+/// registry host, a bearer-token cache per (host, repository, credential). Every map is keyed by
+/// names tenants choose, so each is bounded (entries or bytes) and forgets idle entries.
 pub struct RegistryClient {
     settings: ClientSettings,
     verify: reqwest::Client,
     skip_verify: reqwest::Client,
-    limits: Mutex<HashMap<String, Arc<Semaphore>>>,
-    tokens: Mutex<HashMap<(String, String, String), String>>,
-    requests: Mutex<HashMap<(String, String), u64>>,
+    limits: Cache<String, Arc<Semaphore>>,
+    tokens: Cache<TokenKey, Arc<str>>,
+    requests: Cache<(String, String), Arc<AtomicU64>>,
 }
 
 #[derive(Deserialize)]
@@ -111,6 +142,8 @@ application/vnd.docker.distribution.manifest.v2+json";
 impl RegistryClient {
     /// Builds the HTTP clients; fails on an unreadable CA certificate rather than falling back.
     pub fn new(settings: ClientSettings) -> Result<Self, RegistryError> {
+        // The operator's registries keep their own metric label past the tenant-host bound.
+        crate::metrics::name_registries(&settings.plain_http);
         let build = |skip: bool| -> Result<reqwest::Client, RegistryError> {
             let mut certs = Vec::new();
             for pem in &settings.extra_ca_pem {
@@ -119,6 +152,14 @@ impl RegistryClient {
                 })?);
             }
             reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::custom(
+                    |attempt| match redirect_allowed(attempt.previous(), attempt.url()) {
+                        Ok(()) => attempt.follow(),
+                        Err(why) => attempt.error(why),
+                    },
+                ))
+                // The Referer would tell a redirect target the registry URL it came from.
+                .referer(false)
                 .connect_timeout(settings.connect_timeout)
                 .timeout(settings.request_timeout)
                 .user_agent(concat!("kimup/", env!("CARGO_PKG_VERSION")))
@@ -131,9 +172,27 @@ impl RegistryClient {
             verify: build(false)?,
             skip_verify: build(true)?,
             settings,
-            limits: Mutex::new(HashMap::new()),
-            tokens: Mutex::new(HashMap::new()),
-            requests: Mutex::new(HashMap::new()),
+            // LRU rather than moka's default TinyLFU admission: a registry seen for the first
+            // time must get its own semaphore (and keep it), even when the map is full.
+            limits: Cache::builder()
+                .max_capacity(MAX_TRACKED_REGISTRIES)
+                .time_to_idle(REGISTRY_IDLE)
+                .eviction_policy(EvictionPolicy::lru())
+                .build(),
+            tokens: Cache::builder()
+                .weigher(|k: &TokenKey, v: &Arc<str>| {
+                    let bytes = k.0.len() + k.1.len() + k.2.len() + v.len();
+                    u32::try_from(bytes).unwrap_or(u32::MAX)
+                })
+                .max_capacity(TOKEN_CACHE_BYTES)
+                .time_to_live(TOKEN_TTL)
+                .eviction_policy(EvictionPolicy::lru())
+                .build(),
+            requests: Cache::builder()
+                .max_capacity(MAX_REQUEST_COUNTERS)
+                .time_to_idle(Duration::from_secs(3600))
+                .eviction_policy(EvictionPolicy::lru())
+                .build(),
         })
     }
 
@@ -148,9 +207,51 @@ impl RegistryClient {
         }
     }
 
+    /// Whether credentials may travel to `url`: over https to any host, over plain http only
+    /// to a host[:port] the operator listed with `--insecure-registry`. Everything a tenant
+    /// controls (its Image's `insecureSkipTLSVerify`, its registry's realm) is held to this.
+    pub fn may_carry_credentials(&self, url: &reqwest::Url) -> bool {
+        match url.scheme() {
+            "https" => true,
+            "http" => {
+                let host = url.host_str().unwrap_or("");
+                let with_port = url
+                    .port_or_known_default()
+                    .map(|p| format!("{host}:{p}"))
+                    .unwrap_or_default();
+                self.settings.plain_http.iter().any(|listed| {
+                    listed.eq_ignore_ascii_case(&with_port)
+                        || (url.port().is_none() && listed.eq_ignore_ascii_case(host))
+                })
+            }
+            _ => false,
+        }
+    }
+
+    /// Fails, before anything is sent, when `credential` would go to `url` in clear text.
+    fn check_credentials(
+        &self,
+        registry: &str,
+        url: &reqwest::Url,
+        credential: Option<&Credential>,
+    ) -> Result<(), RegistryError> {
+        if credential.is_some() && !self.may_carry_credentials(url) {
+            return Err(RegistryError::InsecureCredentials {
+                registry: registry.to_string(),
+                target: redact_origin(url),
+            });
+        }
+        Ok(())
+    }
+
     /// Requests sent so far, by (registry, kind) where kind is `tags`, `manifest` or `token`.
+    /// At most [`MAX_REQUEST_COUNTERS`] pairs are kept, the least recently counted forgotten.
     pub fn request_counts(&self) -> HashMap<(String, String), u64> {
-        self.requests.lock().map(|m| m.clone()).unwrap_or_default()
+        self.requests.run_pending_tasks();
+        self.requests
+            .iter()
+            .map(|(k, v)| ((*k).clone(), v.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// Lists every tag of the repository, following `Link` pagination (and `n`/`last` when a
@@ -162,6 +263,12 @@ impl RegistryClient {
         tls: TlsMode,
     ) -> Result<Vec<String>, RegistryError> {
         let base = self.base_url(&image.registry, tls);
+        let origin = reqwest::Url::parse(&base).map_err(|e| {
+            RegistryError::Config(format!(
+                "registry {} is not a URL host: {e}",
+                image.registry
+            ))
+        })?;
         let mut url = format!(
             "{base}/v2/{}/tags/list?n={}",
             image.repository, self.settings.page_size
@@ -170,26 +277,44 @@ impl RegistryClient {
         for _ in 0..self.settings.max_pages {
             let resp = self.get(image, credential, tls, &url, None, "tags").await?;
             let link = next_link(resp.headers());
-            let body = resp.bytes().await.map_err(|e| RegistryError::Network {
-                registry: image.registry.clone(),
-                reason: e.to_string(),
-            })?;
-            let page: TagList =
-                serde_json::from_slice(&body).map_err(|e| RegistryError::InvalidTagList {
+            let limit = self.settings.max_tag_page_bytes;
+            let body = read_capped(resp, limit)
+                .await
+                .map_err(|e| network_error(&image.registry, e, credential))?
+                .ok_or_else(|| RegistryError::TagsLimit {
                     repository: image.repository_key(),
-                    reason: e.to_string(),
+                    limit: format!("{} per page", human_bytes(limit)),
                 })?;
+            let page = parse_tag_page(image, &body)?;
+            drop(body);
             let tags = page.tags.unwrap_or_default();
             let n = tags.len();
+            // `last` is what the registry sent, valid or not: it is where its next page starts.
             let last = tags.last().cloned();
             let before = all.len();
-            all.extend(tags);
+            // Only valid tags are kept: a tag is at most 128 characters, which bounds what a
+            // listing holds, and a tag becomes part of a manifest URL.
+            let mut invalid = 0usize;
+            all.extend(tags.into_iter().filter(|t| {
+                let ok = super::reference::is_valid_tag(t);
+                invalid += usize::from(!ok);
+                ok
+            }));
+            if invalid > 0 {
+                tracing::debug!(registry = %image.registry, invalid, "invalid tags left out");
+            }
+            if all.len() > self.settings.max_tags {
+                return Err(RegistryError::TagsLimit {
+                    repository: image.repository_key(),
+                    limit: format!("{} tags", self.settings.max_tags),
+                });
+            }
             // A page that adds nothing means the registry is not paginating (or loops): stop.
             if all.len() == before {
                 return Ok(all.into_iter().collect());
             }
             match next_page(link, last, n, self.settings.page_size) {
-                NextPage::Link(next) => url = resolve_link(&base, &next),
+                NextPage::Link(next) => url = follow_link(image, &origin, &next)?.to_string(),
                 NextPage::After(last) => {
                     url = format!(
                         "{base}/v2/{}/tags/list?n={}&last={}",
@@ -257,26 +382,23 @@ impl RegistryClient {
         }
     }
 
+    /// The registry's concurrency cap. A registry forgotten (idle, or evicted from a full map)
+    /// while requests hold permits gets a fresh semaphore, so its cap can be exceeded for at most
+    /// the duration of those requests.
     fn semaphore(&self, registry: &str) -> Arc<Semaphore> {
-        let mut limits = match self.limits.lock() {
-            Ok(l) => l,
-            Err(p) => p.into_inner(),
-        };
-        limits
-            .entry(registry.to_string())
-            .or_insert_with(|| {
-                Arc::new(Semaphore::new(
-                    self.settings.per_registry_concurrency.max(1),
-                ))
-            })
-            .clone()
+        self.limits.get_with_by_ref(registry, || {
+            Arc::new(Semaphore::new(
+                self.settings.per_registry_concurrency.max(1),
+            ))
+        })
     }
 
     fn count(&self, registry: &str, kind: &str) {
-        if let Ok(mut m) = self.requests.lock() {
-            *m.entry((registry.to_string(), kind.to_string()))
-                .or_default() += 1;
-        }
+        self.requests
+            .get_with((registry.to_string(), kind.to_string()), || {
+                Arc::new(AtomicU64::new(0))
+            })
+            .fetch_add(1, Ordering::Relaxed);
         crate::metrics::registry_request(registry, kind);
     }
 
@@ -291,6 +413,11 @@ impl RegistryClient {
         kind: &str,
     ) -> Result<reqwest::Response, RegistryError> {
         let registry = &image.registry;
+        let parsed = reqwest::Url::parse(url).map_err(|e| {
+            RegistryError::Config(format!("registry {registry}: invalid request URL: {e}"))
+        })?;
+        // A token bought with the credentials is held to the same rule as the credentials.
+        self.check_credentials(registry, &parsed, credential)?;
         let fp = super::credentials::fingerprint(credential);
         let token_key = (registry.clone(), image.repository.clone(), fp);
         let mut attempt = 0u32;
@@ -302,18 +429,14 @@ impl RegistryClient {
                 .await
                 .map_err(|_| RegistryError::Config("registry semaphore closed".into()))?;
             let mut req = if kind == "manifest" {
-                self.http(tls).head(url)
+                self.http(tls).head(parsed.clone())
             } else {
-                self.http(tls).get(url)
+                self.http(tls).get(parsed.clone())
             };
             if let Some(a) = accept {
                 req = req.header(ACCEPT, a);
             }
-            let token = self
-                .tokens
-                .lock()
-                .ok()
-                .and_then(|t| t.get(&token_key).cloned());
+            let token = self.tokens.get(&token_key);
             if let Some(token) = &token {
                 req = req.header(AUTHORIZATION, format!("Bearer {token}"));
             } else if let Some(c) = credential {
@@ -322,7 +445,7 @@ impl RegistryClient {
             self.count(registry, kind);
             let sent = req.send().await;
             drop(permit);
-            let resp = sent.map_err(|e| network_error(registry, tls, &e))?;
+            let resp = sent.map_err(|e| network_error(registry, e, credential))?;
             let status = resp.status();
             if status.is_success() {
                 return Ok(resp);
@@ -333,9 +456,7 @@ impl RegistryClient {
                     let token = self
                         .fetch_token(registry, tls, &challenge, image, credential)
                         .await?;
-                    if let Ok(mut t) = self.tokens.lock() {
-                        t.insert(token_key.clone(), token);
-                    }
+                    self.tokens.insert(token_key.clone(), Arc::from(token));
                     continue;
                 }
             }
@@ -350,8 +471,11 @@ impl RegistryClient {
                 tokio::time::sleep(wait).await;
                 continue;
             }
-            let body = resp.text().await.unwrap_or_default();
-            return Err(status_error(image, status, &body));
+            // Only the start of an error body is read: its message is all that is shown.
+            let body = read_truncated(resp, self.settings.max_error_body_bytes).await;
+            let mut secrets = secrets(credential);
+            secrets.extend(token.as_deref());
+            return Err(status_error(image, status, &body, &secrets));
         }
     }
 
@@ -367,10 +491,20 @@ impl RegistryClient {
             registry: registry.to_string(),
             reason: "bearer challenge without realm".into(),
         })?;
+        // The realm is not echoed: it is the registry's text and may carry anything.
         let mut url = reqwest::Url::parse(realm).map_err(|e| RegistryError::Auth {
             registry: registry.to_string(),
-            reason: format!("invalid token realm {realm:?}: {e}"),
+            reason: format!("invalid token realm: {e}"),
         })?;
+        // Basic credentials go to a realm on any host (Docker Hub's is auth.docker.io, GitLab's
+        // is not its registry's host either), but never in clear text to an unlisted host: a
+        // registry, or anyone between kimup and it, could otherwise collect them with a
+        // challenge naming `http://anywhere/`.
+        self.check_credentials(registry, &url, credential)?;
+        // Userinfo in the realm would become a Basic header of the registry's choosing.
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        url.set_fragment(None);
         {
             let mut q = url.query_pairs_mut();
             if let Some(service) = challenge.get("service") {
@@ -386,17 +520,27 @@ impl RegistryClient {
         let resp = req
             .send()
             .await
-            .map_err(|e| network_error(registry, tls, &e))?;
+            .map_err(|e| network_error(registry, e, credential))?;
         if !resp.status().is_success() {
             return Err(RegistryError::Auth {
                 registry: registry.to_string(),
                 reason: format!("token endpoint answered {}", resp.status()),
             });
         }
-        let body: TokenResponse = resp.json().await.map_err(|e| RegistryError::Auth {
-            registry: registry.to_string(),
-            reason: format!("unreadable token response: {e}"),
-        })?;
+        let limit = self.settings.max_token_bytes;
+        let body = read_capped(resp, limit)
+            .await
+            .map_err(|e| network_error(registry, e, credential))?
+            .ok_or_else(|| RegistryError::ResponseTooLarge {
+                registry: registry.to_string(),
+                what: "token response",
+                limit: human_bytes(limit),
+            })?;
+        let body: TokenResponse =
+            serde_json::from_slice(&body).map_err(|e| RegistryError::Auth {
+                registry: registry.to_string(),
+                reason: format!("unreadable token response: {}", json_error(&e)),
+            })?;
         body.token
             .or(body.access_token)
             .ok_or_else(|| RegistryError::Auth {
@@ -406,14 +550,92 @@ impl RegistryClient {
     }
 }
 
-fn network_error(registry: &str, tls: TlsMode, e: &reqwest::Error) -> RegistryError {
+/// The body, read chunk by chunk; `None` as soon as it is larger than `limit` (reading stops
+/// there, and a Content-Length over the limit is refused before reading).
+async fn read_capped(
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    let declared = resp.content_length().unwrap_or(0);
+    if declared > limit as u64 {
+        return Ok(None);
+    }
+    let mut body = Vec::with_capacity(declared as usize);
+    while let Some(chunk) = resp.chunk().await? {
+        let needed = body.len() + chunk.len();
+        if needed > limit {
+            return Ok(None);
+        }
+        if needed > body.capacity() {
+            // Doubling, but never past the limit.
+            let target = (body.capacity() * 2).max(needed).min(limit);
+            body.reserve_exact(target - body.len());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
+/// At most `limit` bytes of the body as text (lossy); a read error ends it.
+async fn read_truncated(mut resp: reqwest::Response, limit: usize) -> String {
+    let mut body = Vec::new();
+    while body.len() < limit {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let take = chunk.len().min(limit - body.len());
+                body.extend_from_slice(&chunk[..take]);
+            }
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// A page of a tag list.
+fn parse_tag_page(image: &ImageRef, body: &[u8]) -> Result<TagList, RegistryError> {
+    serde_json::from_slice(body).map_err(|e| RegistryError::InvalidTagList {
+        repository: image.repository_key(),
+        reason: json_error(&e),
+    })
+}
+
+/// The password of a credential, to scrub from outside text.
+fn secrets(credential: Option<&Credential>) -> Vec<&str> {
+    credential
+        .map(|c| c.password.as_str())
+        .into_iter()
+        .collect()
+}
+
+/// A JSON error by category and position only: serde_json quotes the offending value, which is
+/// the registry's text.
+fn json_error(e: &serde_json::Error) -> String {
+    let what = match e.classify() {
+        serde_json::error::Category::Io => "I/O error",
+        serde_json::error::Category::Syntax => "invalid JSON",
+        serde_json::error::Category::Data => "unexpected JSON structure",
+        serde_json::error::Category::Eof => "truncated JSON",
+    };
+    format!("{what} at line {} column {}", e.line(), e.column())
+}
+
+/// A request failure as an error. The URL is dropped from the reqwest error (it carries
+/// registry- or realm-supplied queries), and the whole source chain is scrubbed of URLs and of
+/// the credential's password.
+fn network_error(
+    registry: &str,
+    e: reqwest::Error,
+    credential: Option<&Credential>,
+) -> RegistryError {
+    let e = e.without_url();
     let mut reason = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
         reason.push_str(": ");
         reason.push_str(&s.to_string());
         source = s.source();
     }
+    let reason = scrub(&reason, &secrets(credential));
     let lower = reason.to_lowercase();
     if lower.contains("certificate")
         || lower.contains("unknownissuer")
@@ -431,15 +653,24 @@ fn network_error(registry: &str, tls: TlsMode, e: &reqwest::Error) -> RegistryEr
             registry: registry.to_string(),
         };
     }
-    let _ = tls;
     RegistryError::Network {
         registry: registry.to_string(),
         reason,
     }
 }
 
-fn status_error(image: &ImageRef, status: StatusCode, body: &str) -> RegistryError {
-    let detail = registry_error_message(body);
+/// An unexpected status as an error; the registry's message is scrubbed of URLs and `secrets`.
+fn status_error(
+    image: &ImageRef,
+    status: StatusCode,
+    body: &str,
+    secrets: &[&str],
+) -> RegistryError {
+    // Scrubbed before it is shortened, so that a cut cannot leave part of a secret behind.
+    let detail: String = scrub(&registry_error_message(body), secrets)
+        .chars()
+        .take(300)
+        .collect();
     match status {
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => RegistryError::Unauthorized {
             registry: image.registry.clone(),
@@ -461,7 +692,7 @@ fn status_error(image: &ImageRef, status: StatusCode, body: &str) -> RegistryErr
     }
 }
 
-/// The first `message` of a distribution error envelope, else a short body excerpt.
+/// The first `message` of a distribution error envelope, else the body.
 fn registry_error_message(body: &str) -> String {
     #[derive(Deserialize)]
     struct Envelope {
@@ -479,7 +710,7 @@ fn registry_error_message(body: &str) -> String {
     {
         return format!("{}: {}", first.code, first.message);
     }
-    body.chars().take(200).collect()
+    body.to_string()
 }
 
 /// What to fetch after a page of tags (pure).
@@ -557,12 +788,48 @@ pub fn next_link(headers: &HeaderMap) -> Option<String> {
     })
 }
 
-fn resolve_link(base: &str, link: &str) -> String {
-    if link.starts_with("http://") || link.starts_with("https://") {
-        link.to_string()
-    } else {
-        format!("{base}{link}")
+/// The URL a `Link` target names, resolved against the registry's origin. Only a target on
+/// that same origin (scheme, host and port) is followed: requests there carry the registry's
+/// credentials or token, and a Link elsewhere (another host, or http from https) would hand
+/// them to whoever the registry, or someone between, names. Userinfo and fragment are dropped.
+pub fn follow_link(
+    image: &ImageRef,
+    origin: &reqwest::Url,
+    link: &str,
+) -> Result<reqwest::Url, RegistryError> {
+    let mut url = origin
+        .join(link)
+        .map_err(|e| RegistryError::InvalidTagList {
+            repository: image.repository_key(),
+            reason: format!("invalid pagination Link: {e}"),
+        })?;
+    if url.origin() != origin.origin() {
+        return Err(RegistryError::ForeignLink {
+            registry: image.registry.clone(),
+            target: redact_origin(&url),
+        });
     }
+    // Setting them cannot fail on an http(s) URL with a host; a failure leaves them empty anyway.
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.set_fragment(None);
+    Ok(url)
+}
+
+/// Whether a redirect may be followed: at most 5, and never from https to anything else, so
+/// that a registry answer cannot be downgraded to plain text. (reqwest itself drops the
+/// Authorization header when a redirect leaves the origin.)
+pub fn redirect_allowed(
+    previous: &[reqwest::Url],
+    next: &reqwest::Url,
+) -> Result<(), &'static str> {
+    if previous.len() >= 5 {
+        return Err("too many redirects");
+    }
+    if previous.iter().any(|p| p.scheme() == "https") && next.scheme() != "https" {
+        return Err("refusing a redirect from https to plain http");
+    }
+    Ok(())
 }
 
 /// Retry-After as seconds (HTTP dates are rare for registries and fall back to backoff).
@@ -586,6 +853,226 @@ fn urlencode(s: &str) -> String {
 mod tests {
     use super::*;
     use reqwest::header::HeaderValue;
+
+    /// A TLS listener whose certificate no client trusts: handshakes fail on the client side.
+    fn untrusted_tls_server() -> std::net::SocketAddr {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        kimup_testenv::install_crypto_provider();
+        let ca = kimup_testenv::certs::Ca::new("untrusted").expect("ca");
+        let pem = ca.serving("registry").expect("serving cert");
+        let certs = CertificateDer::pem_slice_iter(pem.cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certs");
+        let key = PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).expect("key");
+        let config = Arc::new(
+            rustls::ServerConfig::builder()
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .expect("server config"),
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                if let Ok(conn) = rustls::ServerConnection::new(config.clone()) {
+                    let mut tls = rustls::StreamOwned::new(conn, stream);
+                    let _ = std::io::Read::read(&mut tls, &mut [0u8; 1]);
+                }
+            }
+        });
+        addr
+    }
+
+    /// A loopback HTTP server answering every request with 200 and `body` (with Content-Length).
+    async fn answering(body: &'static str) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = [0u8; 4096];
+                    let _ = conn.read(&mut request).await;
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = conn.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// Every variant, built by the code that builds it from a URL carrying `user:SECRET@` and
+    /// `?token=SECRET` (and the password SECRET), never shows SECRET.
+    #[tokio::test]
+    async fn no_error_variant_shows_a_secret() {
+        kimup_testenv::install_crypto_provider();
+        let cred = Credential {
+            username: "user".into(),
+            password: "SECRET".into(),
+        };
+        let image = crate::registry::reference::parse("r.example/team/app").expect("ref");
+        let echo = r#"{"errors":[{"code":"DENIED","message":"https://user:SECRET@x.example/v2/?token=SECRET and SECRET"}]}"#;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(300))
+            .build()
+            .expect("http");
+        let mut errors = Vec::new();
+
+        let refused = http
+            .get("http://user:SECRET@127.0.0.1:1/v2/?token=SECRET")
+            .send()
+            .await
+            .expect_err("refused");
+        errors.push(network_error("r.example", refused, Some(&cred)));
+
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let silent_addr = silent.local_addr().expect("addr");
+        let _hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = silent.accept().await {
+                held.push(conn);
+            }
+        });
+        let timed_out = http
+            .get(format!("http://user:SECRET@{silent_addr}/v2/?token=SECRET"))
+            .send()
+            .await
+            .expect_err("timeout");
+        errors.push(network_error("r.example", timed_out, Some(&cred)));
+
+        let tls = untrusted_tls_server();
+        let untrusted = http
+            .get(format!("https://user:SECRET@{tls}/v2/?token=SECRET"))
+            .send()
+            .await
+            .expect_err("untrusted");
+        errors.push(network_error("r.example", untrusted, Some(&cred)));
+
+        for status in [401, 404, 429, 500] {
+            let status = StatusCode::from_u16(status).expect("status");
+            errors.push(status_error(&image, status, echo, &["SECRET"]));
+        }
+
+        let client = RegistryClient::new(ClientSettings::default()).expect("client");
+        let challenge: HashMap<String, String> = [(
+            "realm".to_string(),
+            "http://user:SECRET@[::1/token?token=SECRET".to_string(),
+        )]
+        .into();
+        errors.push(
+            client
+                .fetch_token(
+                    "r.example",
+                    TlsMode::Verify,
+                    &challenge,
+                    &image,
+                    Some(&cred),
+                )
+                .await
+                .expect_err("invalid realm"),
+        );
+
+        let cleartext: HashMap<String, String> = [(
+            "realm".to_string(),
+            "http://user:SECRET@127.0.0.1:1/token?token=SECRET".to_string(),
+        )]
+        .into();
+        errors.push(
+            client
+                .fetch_token(
+                    "r.example",
+                    TlsMode::Verify,
+                    &cleartext,
+                    &image,
+                    Some(&cred),
+                )
+                .await
+                .expect_err("clear-text realm"),
+        );
+
+        let big =
+            answering(r#"{"tags":["1.0.0","1.1.0"],"token":"0123456789abcdef0123456789"}"#).await;
+        let small = RegistryClient::new(ClientSettings {
+            max_tag_page_bytes: 16,
+            max_token_bytes: 16,
+            ..ClientSettings::default()
+        })
+        .expect("client");
+        let listed = crate::registry::reference::parse(&format!("{big}/team/app")).expect("ref");
+        errors.push(
+            small
+                .list_tags(&listed, None, TlsMode::PlainHttp)
+                .await
+                .expect_err("page over 16 bytes"),
+        );
+        let big_token: HashMap<String, String> = [(
+            "realm".to_string(),
+            format!("http://user:SECRET@{big}/token?token=SECRET"),
+        )]
+        .into();
+        errors.push(
+            small
+                .fetch_token("r.example", TlsMode::Verify, &big_token, &image, None)
+                .await
+                .expect_err("token over 16 bytes"),
+        );
+
+        let page = br#"{"tags": "https://user:SECRET@x.example/v2/?token=SECRET"}"#;
+        errors.push(parse_tag_page(&image, page).err().expect("invalid page"));
+
+        let origin = reqwest::Url::parse("https://r.example").expect("origin");
+        errors.push(
+            follow_link(
+                &image,
+                &origin,
+                "https://user:SECRET@other.example/v2/?token=SECRET",
+            )
+            .expect_err("foreign link"),
+        );
+
+        let bad_ca = b"-----BEGIN CERTIFICATE-----\nhttps://user:SECRET@x/?token=SECRET\n-----END CERTIFICATE-----\n";
+        errors.push(
+            RegistryClient::new(ClientSettings {
+                extra_ca_pem: vec![bad_ca.to_vec()],
+                ..ClientSettings::default()
+            })
+            .err()
+            .expect("invalid CA"),
+        );
+
+        let mut seen = std::collections::BTreeSet::new();
+        for e in &errors {
+            // A new variant fails to compile here until it is built above.
+            let name = match e {
+                RegistryError::Network { .. } => "network",
+                RegistryError::Tls { .. } => "tls",
+                RegistryError::Timeout { .. } => "timeout",
+                RegistryError::Unauthorized { .. } => "unauthorized",
+                RegistryError::Auth { .. } => "auth",
+                RegistryError::NotFound { .. } => "not_found",
+                RegistryError::RateLimited { .. } => "rate_limited",
+                RegistryError::Status { .. } => "status",
+                RegistryError::InvalidTagList { .. } => "invalid_tag_list",
+                RegistryError::ForeignLink { .. } => "foreign_link",
+                RegistryError::InsecureCredentials { .. } => "insecure_credentials",
+                RegistryError::TagsLimit { .. } => "tags_limit",
+                RegistryError::ResponseTooLarge { .. } => "response_too_large",
+                RegistryError::Config(_) => "config",
+            };
+            seen.insert(name);
+            let shown = format!("{e} {e:?}");
+            assert!(!shown.contains("SECRET"), "{name}: {shown}");
+        }
+        assert_eq!(seen.len(), 14, "every variant was built: {seen:?}");
+    }
 
     fn headers(name: reqwest::header::HeaderName, v: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -643,14 +1130,132 @@ mod tests {
             next_link(&headers(LINK, r#"<https://x/a>; rel="prev""#)),
             None
         );
+    }
+
+    #[test]
+    fn follows_links_only_on_the_registry_origin() {
+        let image = crate::registry::reference::parse("r.example:5000/team/app").expect("ref");
+        let origin = reqwest::Url::parse("https://r.example:5000").expect("origin");
+        let follow = |link: &str| follow_link(&image, &origin, link).map(|u| u.to_string());
         assert_eq!(
-            resolve_link("https://r", "/v2/x"),
-            "https://r/v2/x".to_string()
+            follow("/v2/team/app/tags/list?last=b&n=2").expect("relative"),
+            "https://r.example:5000/v2/team/app/tags/list?last=b&n=2"
         );
         assert_eq!(
-            resolve_link("https://r", "https://o/v2/x"),
-            "https://o/v2/x"
+            follow("https://u:p@r.example:5000/v2/x?last=b#frag").expect("same origin"),
+            "https://r.example:5000/v2/x?last=b",
+            "userinfo and fragment dropped"
         );
+        for foreign in [
+            "http://r.example:5000/v2/x",
+            "https://r.example/v2/x",
+            "https://r.example:5001/v2/x",
+            "https://other.example:5000/v2/x",
+            "//other.example:5000/v2/x",
+            "https://r.example:5000@other.example/v2/x",
+        ] {
+            let err = follow(foreign).expect_err(foreign);
+            assert_eq!(err.metric_label(), "foreign_link", "{foreign}");
+        }
+        let default_port = reqwest::Url::parse("https://r.example").expect("origin");
+        assert!(follow_link(&image, &default_port, "https://r.example:443/v2/x").is_ok());
+    }
+
+    #[test]
+    fn credentials_travel_in_clear_text_only_to_listed_hosts() {
+        kimup_testenv::install_crypto_provider();
+        let client = RegistryClient::new(ClientSettings {
+            plain_http: vec![
+                "r.example:5000".into(),
+                "Plain.example".into(),
+                "x.example:80".into(),
+            ],
+            ..ClientSettings::default()
+        })
+        .expect("client");
+        let may = |u: &str| client.may_carry_credentials(&reqwest::Url::parse(u).expect("url"));
+        assert!(may("https://anywhere.example/token"), "TLS: any host");
+        assert!(may("http://r.example:5000/v2/"));
+        assert!(!may("http://r.example:5001/v2/"), "another port");
+        assert!(!may("http://r.example/v2/"), "listed with a port only");
+        assert!(may("http://plain.example/v2/"));
+        assert!(may("http://plain.example:80/v2/"), "default port");
+        assert!(!may("http://plain.example:8080/v2/"));
+        assert!(may("http://x.example/v2/"), "x.example:80 listed");
+        assert!(!may("http://other.example/token"));
+        assert!(!may("ftp://r.example:5000/"));
+        let anonymous = client.check_credentials(
+            "r",
+            &reqwest::Url::parse("http://other.example/").expect("url"),
+            None,
+        );
+        assert!(anonymous.is_ok(), "nothing to protect without credentials");
+    }
+
+    #[test]
+    fn token_and_semaphore_maps_are_bounded() {
+        kimup_testenv::install_crypto_provider();
+        let client = RegistryClient::new(ClientSettings::default()).expect("client");
+        // 1,000 repositories with the largest token a response may hold: 64 MiB offered.
+        for i in 0..1000 {
+            let token: Arc<str> = Arc::from(format!("{i}").repeat(64 * 1024 / 4));
+            client.tokens.insert(
+                (
+                    "r.example".into(),
+                    format!("team/app{i}"),
+                    "anonymous".into(),
+                ),
+                token,
+            );
+        }
+        client.tokens.run_pending_tasks();
+        assert!(
+            client.tokens.weighted_size() <= TOKEN_CACHE_BYTES,
+            "{} bytes of tokens",
+            client.tokens.weighted_size()
+        );
+        assert!(client.tokens.entry_count() > 0, "recent tokens are kept");
+
+        for i in 0..MAX_TRACKED_REGISTRIES + 500 {
+            client.semaphore(&format!("r{i}.example"));
+        }
+        client.limits.run_pending_tasks();
+        assert!(client.limits.entry_count() <= MAX_TRACKED_REGISTRIES);
+        // A full map still gives a new registry one semaphore that it keeps.
+        let first = client.semaphore("new.example");
+        client.limits.run_pending_tasks();
+        assert!(Arc::ptr_eq(&first, &client.semaphore("new.example")));
+    }
+
+    #[test]
+    fn listed_tags_are_valid_tags() {
+        use crate::registry::reference::is_valid_tag;
+        for ok in ["1.0.0", "v1.2.3-alpine", "latest", "_x", &"a".repeat(128)] {
+            assert!(is_valid_tag(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "../x",
+            "a/b",
+            "a b",
+            "a?b",
+            ".x",
+            "-x",
+            &"a".repeat(129),
+        ] {
+            assert!(!is_valid_tag(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn redirects_never_downgrade() {
+        let u = |s: &str| reqwest::Url::parse(s).expect("url");
+        assert!(redirect_allowed(&[u("https://r/v2/")], &u("https://cdn/x")).is_ok());
+        assert!(redirect_allowed(&[u("http://r/v2/")], &u("http://r/x")).is_ok());
+        assert!(redirect_allowed(&[u("https://r/v2/")], &u("http://r/x")).is_err());
+        assert!(redirect_allowed(&[u("https://r/"), u("https://s/")], &u("http://t/")).is_err());
+        let five: Vec<_> = (0..5).map(|i| u(&format!("https://r/{i}"))).collect();
+        assert!(redirect_allowed(&five, &u("https://r/6")).is_err());
     }
 
     #[test]

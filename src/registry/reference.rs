@@ -371,6 +371,11 @@ fn check_component(component: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `tag` is a valid tag (`[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`), e.g. one a registry lists.
+pub fn is_valid_tag(tag: &str) -> bool {
+    check_tag(tag).is_ok()
+}
+
 fn check_tag(tag: &str) -> Result<(), String> {
     let is_word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
     let Some(&first) = tag.as_bytes().first() else {

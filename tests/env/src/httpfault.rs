@@ -1,6 +1,9 @@
 //! An HTTP reverse proxy on loopback that answers chosen requests with 429 or 503 instead of
 //! forwarding them: the HTTP-level faults of registries (rate limits, maintenance) that
-//! Toxiproxy, a TCP proxy, cannot make.
+//! Toxiproxy, a TCP proxy, cannot make. It can also play a hostile registry: any status with
+//! chosen headers and body (a `WWW-Authenticate` realm elsewhere, an oversized tag list), or the
+//! real answer with a header added (a `Link` to another host); and it counts the requests that
+//! carried an `Authorization` header.
 //!
 //! ```no_run
 //! # async fn demo(env: &kimup_testenv::TestEnv) -> anyhow::Result<()> {
@@ -10,8 +13,12 @@
 //! // Image references use proxy.host instead of the registry's host.
 //! proxy.set(FaultPlan::new(HttpFault::too_many_requests(Some("2"))).times(3).on_paths_containing("/tags/list"));
 //! proxy.set(FaultPlan::new(HttpFault::service_unavailable(None)).for_period(Duration::from_secs(5)));
+//! // Forward, but add a Link header to the registry's answer; several plans, first match wins.
+//! proxy.set(FaultPlan::new(HttpFault::forward_with_header("link", "<http://elsewhere/v2/x/tags/list>; rel=\"next\"")));
+//! proxy.add(FaultPlan::new(HttpFault::status(200).with_body(vec![b'x'; 1024])).on_paths_containing("/token"));
 //! proxy.clear();
 //! assert!(proxy.stats().faulted <= proxy.stats().requests);
+//! assert!(proxy.stats().authorized <= proxy.stats().requests);
 //! # Ok(()) }
 //! ```
 
@@ -32,23 +39,62 @@ pub struct HttpFault {
     pub status: u16,
     /// `Retry-After` value (seconds or an HTTP date), when sent.
     pub retry_after: Option<String>,
+    /// Extra response headers (name, value), added to the fault or to the forwarded answer.
+    pub headers: Vec<(String, String)>,
+    /// Body instead of the registry error envelope; streamed in chunks without a
+    /// Content-Length, so a client can only tell its size by reading it.
+    pub body: Option<Vec<u8>>,
+    /// Forward the request and add `headers` to the upstream's answer (status and body unused).
+    pub forward: bool,
 }
 
 impl HttpFault {
+    /// Any status, with the registry error envelope as body.
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            retry_after: None,
+            headers: Vec::new(),
+            body: None,
+            forward: false,
+        }
+    }
+
     /// 429 Too Many Requests, as registries rate-limit.
     pub fn too_many_requests(retry_after: Option<&str>) -> Self {
         Self {
-            status: 429,
             retry_after: retry_after.map(str::to_string),
+            ..Self::status(429)
         }
     }
 
     /// 503 Service Unavailable.
     pub fn service_unavailable(retry_after: Option<&str>) -> Self {
         Self {
-            status: 503,
             retry_after: retry_after.map(str::to_string),
+            ..Self::status(503)
         }
+    }
+
+    /// The upstream's own answer with one header added (e.g. a `Link` to another host).
+    pub fn forward_with_header(name: &str, value: &str) -> Self {
+        Self {
+            forward: true,
+            ..Self::status(200)
+        }
+        .with_header(name, value)
+    }
+
+    /// Adds a response header.
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Answers this body instead of the error envelope.
+    pub fn with_body(mut self, body: Vec<u8>) -> Self {
+        self.body = Some(body);
+        self
     }
 
     /// The registry error envelope distribution sends with the status.
@@ -133,11 +179,14 @@ pub struct Stats {
     pub faulted: usize,
     /// Requests forwarded that the upstream could not be reached for (answered 502).
     pub upstream_errors: usize,
+    /// Requests that carried an `Authorization` header (credentials or a token).
+    pub authorized: usize,
 }
 
 #[derive(Default)]
 struct Inner {
-    plan: Option<FaultPlan>,
+    /// Checked in order; the first plan that takes a request answers it.
+    plans: Vec<FaultPlan>,
     stats: Stats,
 }
 
@@ -195,17 +244,24 @@ impl HttpFaultProxy {
         })
     }
 
-    /// Replaces the fault plan.
+    /// Replaces the fault plans with this one.
     pub fn set(&self, plan: FaultPlan) {
         if let Ok(mut i) = self.inner.lock() {
-            i.plan = Some(plan);
+            i.plans = vec![plan];
+        }
+    }
+
+    /// Adds a plan after the current ones (the first plan taking a request answers it).
+    pub fn add(&self, plan: FaultPlan) {
+        if let Ok(mut i) = self.inner.lock() {
+            i.plans.push(plan);
         }
     }
 
     /// Forwards every request from now on.
     pub fn clear(&self) {
         if let Ok(mut i) = self.inner.lock() {
-            i.plan = None;
+            i.plans.clear();
         }
     }
 
@@ -250,13 +306,19 @@ async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
+    let authorized = req
+        .headers()
+        .contains_key(axum::http::header::AUTHORIZATION);
     let fault = match state.inner.lock() {
         Ok(mut i) => {
             i.stats.requests += 1;
+            if authorized {
+                i.stats.authorized += 1;
+            }
             let fault = i
-                .plan
-                .as_mut()
-                .and_then(|p| p.take(&path).then(|| p.fault.clone()));
+                .plans
+                .iter_mut()
+                .find_map(|p| p.take(&path).then(|| p.fault.clone()));
             if fault.is_some() {
                 i.stats.faulted += 1;
             }
@@ -264,8 +326,18 @@ async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
         }
         Err(_) => None,
     };
-    if let Some(f) = fault {
-        let mut resp = Response::new(Body::from(f.body()));
+    if let Some(f) = fault.as_ref().filter(|f| !f.forward) {
+        let mut resp = match &f.body {
+            // Chunks without a Content-Length: the client learns the size only by reading.
+            Some(body) => {
+                let chunks: Vec<Result<axum::body::Bytes, std::io::Error>> = body
+                    .chunks(64 * 1024)
+                    .map(|c| Ok(axum::body::Bytes::copy_from_slice(c)))
+                    .collect();
+                Response::new(Body::from_stream(futures::stream::iter(chunks)))
+            }
+            None => Response::new(Body::from(f.body())),
+        };
         *resp.status_mut() = StatusCode::from_u16(f.status).unwrap_or(StatusCode::BAD_GATEWAY);
         resp.headers_mut()
             .insert("content-type", HeaderValue::from_static("application/json"));
@@ -276,10 +348,16 @@ async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
         {
             resp.headers_mut().insert("retry-after", v);
         }
+        add_headers(&mut resp, &f.headers);
         return resp;
     }
     match forward(&state, &path, req).await {
-        Ok(resp) => resp,
+        Ok(mut resp) => {
+            if let Some(f) = &fault {
+                add_headers(&mut resp, &f.headers);
+            }
+            resp
+        }
         Err(e) => {
             if let Ok(mut i) = state.inner.lock() {
                 i.stats.upstream_errors += 1;
@@ -287,6 +365,18 @@ async fn handle(State(state): State<ProxyState>, req: Request) -> Response {
             let mut resp = Response::new(Body::from(format!("fault proxy: upstream: {e:#}\n")));
             *resp.status_mut() = StatusCode::BAD_GATEWAY;
             resp
+        }
+    }
+}
+
+/// Appends the plan's headers (invalid names or values are skipped: they are test input).
+fn add_headers(resp: &mut Response, headers: &[(String, String)]) {
+    for (name, value) in headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            resp.headers_mut().append(n, v);
         }
     }
 }
@@ -338,6 +428,27 @@ mod tests {
         assert!(!p.take("/v2/"), "a period that is over faults nothing");
         let mut p = FaultPlan::new(HttpFault::service_unavailable(None));
         assert!((0..100).all(|_| p.take("/v2/")), "no limit: every request");
+    }
+
+    #[test]
+    fn first_plan_that_takes_a_request_answers_it() {
+        let mut plans = [
+            FaultPlan::new(HttpFault::status(401)).on_paths_containing("/tags/list"),
+            FaultPlan::new(HttpFault::status(200).with_body(b"{}".to_vec())),
+        ];
+        let pick = |plans: &mut [FaultPlan], path: &str| {
+            plans
+                .iter_mut()
+                .find_map(|p| p.take(path).then_some(p.fault.status))
+        };
+        assert_eq!(pick(&mut plans, "/v2/a/tags/list"), Some(401));
+        assert_eq!(pick(&mut plans, "/token"), Some(200));
+        let f = HttpFault::forward_with_header("link", "<http://x/>; rel=\"next\"");
+        assert!(f.forward);
+        assert_eq!(
+            f.headers,
+            vec![("link".into(), "<http://x/>; rel=\"next\"".into())]
+        );
     }
 
     #[test]
