@@ -647,10 +647,12 @@ async fn failed_authentications_are_limited_and_good_requests_still_pass() {
 #[test]
 fn an_unreadable_secrets_folder_stops_the_start() {
     let missing = std::env::temp_dir().join("kimup-no-such-webhook-secrets");
+    // A real (empty) kubeconfig folder: a missing kubeconfig would stop the start first.
+    let clusters = tempfile::tempdir().expect("tempdir");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kimup"))
         .args([
             "run",
-            "--kubeconfig=/nonexistent/kubeconfig",
+            &format!("--kubeconfig-dir={}", clusters.path().display()),
             "--listen-addr=127.0.0.1:0",
             &format!("--webhook-secrets-dir={}", missing.display()),
         ])
