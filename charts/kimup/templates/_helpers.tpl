@@ -35,3 +35,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "kimup.labelsWith" -}}
 {{- merge (dict) .extra (include "kimup.labels" .ctx | fromYaml) | toYaml -}}
 {{- end -}}
+
+{{- /* PromQL label matchers of this release's series, as the ServiceMonitor scrapes them. */}}
+{{- define "kimup.promSelector" -}}
+job="{{ include "kimup.fullname" . }}",namespace="{{ .Release.Namespace }}"
+{{- end -}}
