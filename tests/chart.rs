@@ -20,6 +20,10 @@ fn chart() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/kimup")
 }
 
+/// `--set` value turning on every object the chart leaves off by default.
+const ALL_OPTIONAL_OBJECTS: &str = "serviceMonitor.enabled=true,prometheusRule.enabled=true,\
+grafanaDashboard.enabled=true,networkPolicy.enabled=true";
+
 fn helm(args: &[&str]) -> (bool, String, String) {
     let bins = Binaries::get().expect("binaries");
     let out = Command::new(&bins.helm)
@@ -45,6 +49,8 @@ fn chart_lints_and_refuses_unsafe_values() {
         "clusters.kubeconfigSecret=clusters,webhookTokenSecret=hooks,otlpEndpoint=http://c:4318",
     ]);
     assert!(ok, "helm lint: {out}{err}");
+    let (ok, out, err) = helm(&["lint", "--strict", c, "--set", ALL_OPTIONAL_OBJECTS]);
+    assert!(ok, "helm lint with every optional object: {out}{err}");
     let (ok, _, err) = helm(&["template", "k", c, "--set", "leaderElection.enabled=false"]);
     assert!(!ok, "two replicas without leader election must be refused");
     assert!(
@@ -201,4 +207,275 @@ async fn rendered_chart_applies_and_its_rbac_is_enough_for_kimup() {
         "RBAC refused something: {}",
         kimup.log.display()
     );
+}
+
+/// values.schema.json refuses what the templates would silently misuse, naming the key.
+#[test]
+fn schema_refuses_typos_and_wrong_types() {
+    let c = chart();
+    let c = c.to_str().expect("path");
+    let refused = |set: &[&str], want: &str| {
+        let mut args = vec!["template", "k", c];
+        for s in set {
+            args.extend(["--set", s]);
+        }
+        let (ok, out, err) = helm(&args);
+        assert!(!ok, "{set:?} must be refused, rendered:\n{out}");
+        assert!(
+            err.contains("values don't meet the specifications of the schema")
+                && err.contains(want),
+            "{set:?}: want {want:?} in: {err}"
+        );
+    };
+    // A typo'd key, at the top level and under an object of the chart's.
+    refused(
+        &["replicaCont=3"],
+        "additional properties 'replicaCont' not allowed",
+    );
+    refused(
+        &["serviceMonitor.intervall=1m"],
+        "at '/serviceMonitor': additional properties 'intervall' not allowed",
+    );
+    // Wrong types.
+    refused(
+        &["replicaCount=two"],
+        "at '/replicaCount': got string, want integer",
+    );
+    refused(
+        &["leaderElection.enabled=yes"],
+        "at '/leaderElection/enabled': got string, want boolean",
+    );
+    refused(
+        &["registry.timeout=30"],
+        "at '/registry/timeout': got number, want string",
+    );
+    // Enums, patterns and bounds.
+    refused(
+        &["log.format=xml"],
+        "at '/log/format': value must be one of 'json', 'text'",
+    );
+    refused(
+        &["registry.tagCacheTTL=1 minute"],
+        "at '/registry/tagCacheTTL': '1 minute' does not match pattern",
+    );
+    refused(
+        &["replicaCount=0"],
+        "at '/replicaCount': minimum: got 0, want 1",
+    );
+    refused(
+        &["port=70000"],
+        "at '/port': maximum: got 70,000, want 65,535",
+    );
+    refused(&["otlpEndpoint=collector:4318"], "at '/otlpEndpoint'");
+    // And `helm lint` says the same.
+    let (ok, out, err) = helm(&["lint", c, "--set", "replicaCont=3"]);
+    assert!(
+        !ok && format!("{out}{err}").contains("additional properties 'replicaCont' not allowed"),
+        "{out}{err}"
+    );
+}
+
+/// The leaves of a values tree: scalars, lists, and empty maps, with their paths.
+fn leaves(
+    v: &serde_json::Value,
+    path: &mut Vec<String>,
+    out: &mut Vec<(Vec<String>, serde_json::Value)>,
+) {
+    match v {
+        serde_json::Value::Object(m) if !m.is_empty() => {
+            for (k, child) in m {
+                path.push(k.clone());
+                leaves(child, path, out);
+                path.pop();
+            }
+        }
+        _ => out.push((path.clone(), v.clone())),
+    }
+}
+
+/// The schema of the value at `path`, following local `$ref`s; the nodes met at the end (the
+/// node itself and what its `$ref` points to), so that both are searched for `examples`.
+fn schema_at<'a>(schema: &'a serde_json::Value, path: &[String]) -> Vec<&'a serde_json::Value> {
+    let resolve = |node: &'a serde_json::Value| -> Vec<&'a serde_json::Value> {
+        let mut nodes = vec![node];
+        if let Some(r) = node["$ref"].as_str() {
+            let target = r
+                .strip_prefix("#/")
+                .expect("local $ref")
+                .split('/')
+                .fold(schema, |n, k| &n[k]);
+            nodes.push(target);
+        }
+        nodes
+    };
+    let mut nodes = resolve(schema);
+    for key in path {
+        let next = nodes.iter().find_map(|n| {
+            n["properties"].get(key).or_else(|| {
+                n["additionalProperties"]
+                    .as_object()
+                    .map(|_| &n["additionalProperties"])
+            })
+        });
+        match next {
+            Some(n) => nodes = resolve(n),
+            None => return Vec::new(),
+        }
+    }
+    nodes
+}
+
+/// A value for the leaf `path` other than `current` that the schema accepts: an example from
+/// the schema, another member of an enum, the other boolean, the next integer, a new string.
+fn distinctive(
+    schema: &serde_json::Value,
+    path: &[String],
+    current: &serde_json::Value,
+) -> serde_json::Value {
+    use serde_json::Value;
+    let nodes = schema_at(schema, path);
+    let candidates = nodes.iter().flat_map(|n| {
+        n["examples"]
+            .as_array()
+            .into_iter()
+            .chain(n["enum"].as_array())
+            .flatten()
+    });
+    for c in candidates {
+        if c != current {
+            return c.clone();
+        }
+    }
+    match current {
+        Value::Bool(b) => Value::Bool(!b),
+        Value::Number(n) => Value::from(n.as_i64().expect("integer values") + 1),
+        Value::String(_) => Value::from(format!("distinct-{}", path.join("-"))),
+        other => panic!(
+            "{}: no example in values.schema.json for a value like {other}: add one",
+            path.join(".")
+        ),
+    }
+}
+
+fn set_path(root: &mut serde_json::Value, path: &[String], value: serde_json::Value) {
+    let (last, parents) = path.split_last().expect("non-empty path");
+    let mut node = root;
+    for k in parents {
+        node = node
+            .as_object_mut()
+            .expect("object")
+            .entry(k.clone())
+            .or_insert_with(|| serde_json::json!({}));
+    }
+    node.as_object_mut()
+        .expect("object")
+        .insert(last.clone(), value);
+}
+
+/// `helm template` of the chart with `values` (a values file) on top of values.yaml.
+fn render_with(values: &serde_json::Value, dir: &Path, n: usize) -> Result<String, String> {
+    let file = dir.join(format!("values-{n}.json"));
+    std::fs::write(&file, values.to_string()).expect("write values");
+    let c = chart();
+    let (ok, out, err) = helm(&[
+        "template",
+        "kimup",
+        c.to_str().expect("path"),
+        "--namespace",
+        "walk",
+        "-f",
+        file.to_str().expect("path"),
+    ]);
+    if ok { Ok(out) } else { Err(err) }
+}
+
+/// Every key of values.yaml is used: set to another value (with what it needs set around it:
+/// its parents' `enabled`, and the few pairs the chart refuses otherwise), each changes what
+/// `helm template` renders.
+#[test]
+fn every_values_key_changes_the_output() {
+    let values: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(chart().join("values.yaml")).expect("values.yaml"),
+    )
+    .expect("values.yaml parses");
+    let values: serde_json::Value = serde_json::to_value(values).expect("as JSON");
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(chart().join("values.schema.json")).expect("schema"),
+    )
+    .expect("schema parses");
+    // Leaves whose other value the chart refuses alone, and what makes it valid.
+    let needs: &[(&str, serde_json::Value)] = &[
+        (
+            "leaderElection.enabled",
+            serde_json::json!({"replicaCount": 1}),
+        ),
+        (
+            "clusters.serveHomeCluster",
+            serde_json::json!({"clusters": {"kubeconfigSecret": "kimup-clusters"}}),
+        ),
+        (
+            "serviceAccount.create",
+            serde_json::json!({"serviceAccount": {"name": "existing"}}),
+        ),
+    ];
+    let mut all = Vec::new();
+    leaves(&values, &mut Vec::new(), &mut all);
+    assert!(all.len() > 40, "walked only {} leaves", all.len());
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((path, current)) = all.get(i) else {
+                        return;
+                    };
+                    let key = path.join(".");
+                    let mut context = serde_json::json!({});
+                    for depth in 0..path.len() - 1 {
+                        let parent = &path[..depth + 1];
+                        let at = parent.iter().fold(&values, |n, k| &n[k]);
+                        let mut enabled = parent.to_vec();
+                        enabled.push("enabled".into());
+                        if at.get("enabled").is_some_and(|e| e.is_boolean()) && enabled != *path {
+                            set_path(&mut context, &enabled, true.into());
+                        }
+                    }
+                    if let Some((_, extra)) = needs.iter().find(|(k, _)| *k == key) {
+                        for (k, v) in extra.as_object().expect("object") {
+                            let mut merged = context[k].take();
+                            if let (Some(m), Some(e)) = (merged.as_object_mut(), v.as_object()) {
+                                m.extend(e.clone());
+                            } else {
+                                merged = v.clone();
+                            }
+                            context[k] = merged;
+                        }
+                    }
+                    let new = distinctive(&schema, path, current);
+                    let mut changed = context.clone();
+                    set_path(&mut changed, path, new.clone());
+                    let outcome = match (
+                        render_with(&context, dir.path(), 2 * i),
+                        render_with(&changed, dir.path(), 2 * i + 1),
+                    ) {
+                        (Ok(a), Ok(b)) if a == b => Some(format!(
+                            "{key}: {current} -> {new} (with {context}) renders the same: the key is unused"
+                        )),
+                        (Ok(_), Ok(_)) => None,
+                        (Err(e), _) => Some(format!("{key}: baseline {context} fails: {e}")),
+                        (_, Err(e)) => Some(format!("{key}: {new} (with {context}) fails: {e}")),
+                    };
+                    if let Some(f) = outcome {
+                        failures.lock().expect("lock").push(f);
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().expect("lock");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
