@@ -479,3 +479,454 @@ fn every_values_key_changes_the_output() {
     let failures = failures.into_inner().expect("lock");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The objects of a rendered chart.
+fn documents(rendered: &str) -> Vec<serde_json::Value> {
+    serde_yaml::Deserializer::from_str(rendered)
+        .map(|doc| <serde_yaml::Value as serde::Deserialize>::deserialize(doc).expect("yaml"))
+        .filter(|v| !v.is_null())
+        .map(|v| serde_json::to_value(v).expect("as JSON"))
+        .collect()
+}
+
+/// The PromQL of the chart's PrometheusRule (alert name, expression) and of its Grafana
+/// dashboard (panel targets and variable queries), as rendered.
+fn monitoring_queries() -> (Vec<(String, String)>, Vec<String>) {
+    let c = chart();
+    let (ok, rendered, err) = helm(&[
+        "template",
+        "kimup",
+        c.to_str().expect("path"),
+        "--namespace",
+        "ops",
+        "--set",
+        "prometheusRule.enabled=true,grafanaDashboard.enabled=true",
+    ]);
+    assert!(ok, "helm template: {err}");
+    let docs = documents(&rendered);
+    let rule = docs
+        .iter()
+        .find(|d| d["kind"] == "PrometheusRule")
+        .expect("a PrometheusRule");
+    let alerts: Vec<(String, String)> = rule["spec"]["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .flat_map(|g| g["rules"].as_array().expect("rules"))
+        .map(|r| {
+            (
+                r["alert"].as_str().expect("alert name").to_string(),
+                r["expr"].as_str().expect("expr").to_string(),
+            )
+        })
+        .collect();
+    let dashboard = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["labels"]["grafana_dashboard"] == "1")
+        .expect("a dashboard ConfigMap with the sidecar's label");
+    let json: serde_json::Value = serde_json::from_str(
+        dashboard["data"]["kimup.json"]
+            .as_str()
+            .expect("kimup.json"),
+    )
+    .expect("the dashboard is JSON");
+    fn queries(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        ("expr" | "query", serde_json::Value::String(q)) => out.push(q.clone()),
+                        _ => queries(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| queries(v, out)),
+            _ => {}
+        }
+    }
+    let mut panel_queries = Vec::new();
+    queries(&json, &mut panel_queries);
+    let panels = json["panels"].as_array().expect("panels");
+    assert!(
+        panels
+            .iter()
+            .all(|p| !p["targets"].as_array().is_none_or(|t| t.is_empty())),
+        "a panel without a query"
+    );
+    (alerts, panel_queries)
+}
+
+/// A series selector in PromQL: metric name and label matchers (label, operator, value).
+struct Selector {
+    metric: String,
+    matchers: Vec<(String, String, String)>,
+}
+
+fn selectors(promql: &str) -> Vec<Selector> {
+    let metric = regex::Regex::new(r"\b(kimup_[A-Za-z0-9_:]*)\s*(\{[^}]*\})?").expect("regex");
+    let matcher =
+        regex::Regex::new(r#"([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)""#)
+            .expect("regex");
+    metric
+        .captures_iter(promql)
+        .map(|c| Selector {
+            metric: c[1].to_string(),
+            matchers: c
+                .get(2)
+                .map(|m| {
+                    matcher
+                        .captures_iter(m.as_str())
+                        .map(|m| (m[1].to_string(), m[2].to_string(), m[3].to_string()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// Labels Prometheus adds to a target's series (not in kimup's exposition).
+const TARGET_LABELS: [&str; 6] = [
+    "job",
+    "namespace",
+    "pod",
+    "instance",
+    "service",
+    "container",
+];
+
+/// A /metrics exposition: the names a query can use (counters as `<family>_total`, histograms
+/// as `_bucket`/`_sum`/`_count`), and the samples of each.
+struct Exposition {
+    names: std::collections::BTreeSet<String>,
+    samples: Vec<(String, std::collections::BTreeMap<String, String>)>,
+}
+
+fn parse_exposition(text: &str) -> Exposition {
+    let mut names = std::collections::BTreeSet::new();
+    let mut samples = Vec::new();
+    let pair = regex::Regex::new(r#"([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)""#).expect("regex");
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (family, kind) = rest.split_once(' ').expect("# TYPE name kind");
+            let suffixes: &[&str] = match kind {
+                "counter" => &["_total"],
+                "histogram" => &["_bucket", "_sum", "_count"],
+                "summary" => &["", "_sum", "_count"],
+                "info" => &["_info"],
+                _ => &[""],
+            };
+            names.extend(suffixes.iter().map(|s| format!("{family}{s}")));
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let end = line.find(['{', ' ']).expect("sample line");
+            let name = line[..end].to_string();
+            let mut labels = std::collections::BTreeMap::new();
+            if line[end..].starts_with('{') {
+                let body = &line[end + 1..line.rfind('}').expect("closing brace")];
+                for c in pair.captures_iter(body) {
+                    labels.insert(c[1].to_string(), c[2].to_string());
+                }
+            }
+            names.insert(name.clone());
+            samples.push((name, labels));
+        }
+    }
+    Exposition { names, samples }
+}
+
+impl Exposition {
+    /// Samples of the selector's metric that its matchers select (target labels aside).
+    fn matching(&self, s: &Selector) -> usize {
+        self.samples
+            .iter()
+            .filter(|(name, labels)| {
+                *name == s.metric
+                    && s.matchers
+                        .iter()
+                        .filter(|(l, _, _)| !TARGET_LABELS.contains(&l.as_str()))
+                        .all(|(l, op, v)| {
+                            let have = labels.get(l).map(String::as_str).unwrap_or("");
+                            let re = || regex::Regex::new(&format!("^(?:{v})$")).expect("regex");
+                            match op.as_str() {
+                                "=" => have == v,
+                                "!=" => have != v,
+                                "=~" => re().is_match(have),
+                                _ => !re().is_match(have),
+                            }
+                        })
+            })
+            .count()
+    }
+}
+
+/// The alerts and the dashboard query metrics kimup exports: a real kimup process syncs one
+/// Image, fails one alert delivery and one workload patch, and every metric name in the rendered
+/// rule and dashboard is in its /metrics, with the labels they match on; the alerts on those
+/// failures select its series.
+#[tokio::test]
+async fn alerts_and_dashboard_use_metrics_kimup_exports() {
+    let (alerts, panel_queries) = monitoring_queries();
+    for (alert, expr) in &alerts {
+        assert!(
+            !selectors(expr).is_empty(),
+            "{alert} uses no kimup metric: {expr}"
+        );
+    }
+    let all: Vec<&String> = alerts
+        .iter()
+        .map(|(_, e)| e)
+        .chain(&panel_queries)
+        .collect();
+    assert!(
+        panel_queries.len() >= 10,
+        "dashboard queries: {panel_queries:?}"
+    );
+
+    let env = env();
+    let cluster = &env.clusters[0];
+    let client = cluster.client().await.expect("client");
+    let ns = env.namespace(0, "chart-metrics").await.expect("namespace");
+    let reg = env.plain_registry();
+    reg.push_tags("chart/metrics", &["1.0.0", "1.0.1"])
+        .await
+        .expect("push");
+    let image = format!("{}/chart/metrics", reg.host);
+    let port = kimup_testenv::process::free_port().expect("port");
+    let kimup = start_kimup_with(
+        env,
+        cluster,
+        &ns,
+        true,
+        &[&format!("--listen-addr=127.0.0.1:{port}")],
+        &[("KIMUP_WEBHOOK_TOKEN".into(), "chart-test-token".into())],
+    );
+    create_image(
+        &client,
+        &ns,
+        &format!(
+            "apiVersion: kimup.cloudavenue.io/v1alpha1\nkind: Image\nmetadata: {{name: ok}}\nspec:\n  image: {image}\n  baseTag: 1.0.0\n  triggers: [{{type: crontab, value: '@hourly'}}]\n  rules: [{{name: p, type: semver-patch, actions: [{{type: apply}}]}}]\n"
+        ),
+    )
+    .await;
+    // An alert whose AlertConfig does not exist: a failed delivery, a sync that is not Success.
+    create_image(
+        &client,
+        &ns,
+        &format!(
+            "apiVersion: kimup.cloudavenue.io/v1alpha1\nkind: Image\nmetadata: {{name: alerting}}\nspec:\n  image: {image}\n  baseTag: 1.0.0\n  triggers: [{{type: crontab, value: '@hourly'}}]\n  rules: [{{name: p, type: semver-patch, actions: [{{type: alert-webhook, data: {{valueFrom: {{alertConfigRef: {{name: missing}}}}}}}}]}}]\n"
+        ),
+    )
+    .await;
+    // A workload whose patch the API server refuses: a reconcile error (workload_write).
+    let frozen_image = format!("{}/chart/frozen", reg.host);
+    reg.push_tags("chart/frozen", &["1.0.0", "1.0.1"])
+        .await
+        .expect("push");
+    create_deployment(
+        &client,
+        &ns,
+        &deployment("frozen", &format!("{frozen_image}:1.0.0"), true),
+    )
+    .await;
+    refuse_deployment_updates(&client, &ns).await;
+    create_image(
+        &client,
+        &ns,
+        &format!(
+            "apiVersion: kimup.cloudavenue.io/v1alpha1\nkind: Image\nmetadata: {{name: frozen}}\nspec:\n  image: {frozen_image}\n  baseTag: 1.0.0\n  triggers: [{{type: crontab, value: '@hourly'}}]\n  rules: [{{name: p, type: semver-patch, actions: [{{type: apply}}]}}]\n"
+        ),
+    )
+    .await;
+    let s = wait_status(&client, &ns, "ok", Duration::from_secs(60), &kimup, |s| {
+        s.result.is_some()
+    })
+    .await;
+    assert_eq!(s.result, Some(SyncResult::Success), "{:?}", s.message);
+    let s = wait_status(
+        &client,
+        &ns,
+        "alerting",
+        Duration::from_secs(60),
+        &kimup,
+        |s| s.result.is_some(),
+    )
+    .await;
+    assert_eq!(s.result, Some(SyncResult::ActionError), "{:?}", s.message);
+    // A webhook without the token: a webhook sample.
+    let http = reqwest::Client::new();
+    let refused = http
+        .post(format!("http://127.0.0.1:{port}/webhooks/generic"))
+        .send()
+        .await
+        .expect("webhook");
+    assert_eq!(refused.status().as_u16(), 401);
+    // Families without a sample are not in the exposition: wait for the reconcile error.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let text = http
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("body");
+        if text.contains("kimup_reconcile_errors_total{") {
+            break text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no reconcile error counted for the refused workload; kimup log {}\n{text}",
+            kimup.log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    refuse_deployment_updates_off(&client, &ns).await;
+    let exposition = parse_exposition(&text);
+
+    let mut problems = Vec::new();
+    for expr in &all {
+        for s in selectors(expr) {
+            if !exposition.names.contains(&s.metric) {
+                problems.push(format!("{} is not exported (in {expr})", s.metric));
+                continue;
+            }
+            let exported: std::collections::BTreeSet<&String> = exposition
+                .samples
+                .iter()
+                .filter(|(n, _)| *n == s.metric)
+                .flat_map(|(_, l)| l.keys())
+                .collect();
+            if exported.is_empty() {
+                continue; // no sample yet: its labels cannot be checked here
+            }
+            for (label, _, _) in &s.matchers {
+                if !TARGET_LABELS.contains(&label.as_str()) && !exported.contains(label) {
+                    problems.push(format!(
+                        "{} has no label {label} (has {exported:?}; in {expr})",
+                        s.metric
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{}\n/metrics:\n{text}",
+        problems.join("\n")
+    );
+    for firing in [
+        "KimupSyncsFailing",
+        "KimupAlertDeliveryFailing",
+        "KimupReconcileErrors",
+    ] {
+        let (_, expr) = alerts
+            .iter()
+            .find(|(a, _)| a == firing)
+            .unwrap_or_else(|| panic!("no alert {firing}"));
+        for s in selectors(expr) {
+            assert!(
+                exposition.matching(&s) > 0,
+                "{firing} selects no series of a kimup that failed so: {expr}\n{text}"
+            );
+        }
+    }
+    drop(kimup);
+}
+
+/// Names of the ValidatingAdmissionPolicy and its binding that refuse Deployment updates in `ns`.
+fn refusal_name(ns: &str) -> String {
+    format!("chart-refuse-{ns}")
+}
+
+fn admission_api(client: &kube::Client, kind: &str, plural: &str) -> Api<DynamicObject> {
+    let gvk = kube::api::GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", kind);
+    Api::all_with(
+        client.clone(),
+        &kube::discovery::ApiResource::from_gvk_with_plural(&gvk, plural),
+    )
+}
+
+/// Makes the API server refuse every update of a Deployment in `ns` (a ValidatingAdmissionPolicy),
+/// and waits until it does: a dry-run patch is refused.
+async fn refuse_deployment_updates(client: &kube::Client, ns: &str) {
+    let name = refusal_name(ns);
+    let policy: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+                "resourceRules": [{
+                    "apiGroups": ["apps"], "apiVersions": ["*"],
+                    "operations": ["UPDATE"], "resources": ["deployments"]
+                }]
+            },
+            "validations": [{"expression": "false", "message": "updates refused by the chart test"}]
+        }
+    }))
+    .expect("policy");
+    admission_api(
+        client,
+        "ValidatingAdmissionPolicy",
+        "validatingadmissionpolicies",
+    )
+    .create(&PostParams::default(), &policy)
+    .await
+    .expect("create policy");
+    let binding: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {"policyName": name, "validationActions": ["Deny"]}
+    }))
+    .expect("binding");
+    admission_api(
+        client,
+        "ValidatingAdmissionPolicyBinding",
+        "validatingadmissionpolicybindings",
+    )
+    .create(&PostParams::default(), &binding)
+    .await
+    .expect("create binding");
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), ns);
+    let probe = serde_json::json!({"metadata": {"annotations": {"chart-test/probe": "1"}}});
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let refused = matches!(
+            deployments
+                .patch("frozen", &PatchParams::default().dry_run(), &Patch::Merge(&probe))
+                .await,
+            Err(kube::Error::Api(e)) if e.code == 422 || e.code == 403
+        );
+        if refused {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Deployment updates in {ns} still allowed 30 s after the policy"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn refuse_deployment_updates_off(client: &kube::Client, ns: &str) {
+    let name = refusal_name(ns);
+    let dp = kube::api::DeleteParams::default();
+    admission_api(
+        client,
+        "ValidatingAdmissionPolicyBinding",
+        "validatingadmissionpolicybindings",
+    )
+    .delete(&name, &dp)
+    .await
+    .expect("delete binding");
+    admission_api(
+        client,
+        "ValidatingAdmissionPolicy",
+        "validatingadmissionpolicies",
+    )
+    .delete(&name, &dp)
+    .await
+    .expect("delete policy");
+}
