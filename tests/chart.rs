@@ -74,6 +74,15 @@ async fn rendered_chart_applies_and_its_rbac_is_enough_for_kimup() {
     let cluster = &env.clusters[0];
     let client = cluster.client().await.expect("client");
     let release_ns = env.namespace(0, "kimup-system").await.expect("namespace");
+    // prometheus-operator's kinds, as stand-ins that accept any spec.
+    let monitoring = kimup_testenv::load_crds(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/monitoring-crds"),
+    )
+    .expect("monitoring CRDs");
+    cluster
+        .install_crds(&monitoring)
+        .await
+        .expect("install monitoring CRDs");
     let c = chart();
     let (ok, rendered, err) = helm(&[
         "template",
@@ -84,6 +93,16 @@ async fn rendered_chart_applies_and_its_rbac_is_enough_for_kimup() {
         "--include-crds",
         "--set",
         "clusters.kubeconfigSecret=clusters,webhookTokenSecret=hooks",
+        "--set",
+        ALL_OPTIONAL_OBJECTS,
+        "--set-json",
+        r#"networkPolicy.ingressFrom=[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}]"#,
+        "--set-json",
+        r#"env=[{"name":"HTTPS_PROXY","value":"http://proxy:3128"}]"#,
+        "--set-json",
+        r#"topologySpreadConstraints=[{"maxSkew":1,"topologyKey":"topology.kubernetes.io/zone","whenUnsatisfiable":"ScheduleAnyway","labelSelector":{"matchLabels":{"app.kubernetes.io/name":"kimup"}}}]"#,
+        "--set",
+        "podLabels.team=platform,podAnnotations.team=platform",
     ]);
     assert!(ok, "helm template: {err}");
     assert!(
@@ -99,7 +118,18 @@ async fn rendered_chart_applies_and_its_rbac_is_enough_for_kimup() {
         let obj: DynamicObject = serde_yaml::from_value(value).expect("object");
         let types = obj.types.clone().expect("apiVersion and kind");
         let gvk = kube::api::GroupVersionKind::try_from(&types).expect("gvk");
-        let (ar, caps) = pinned_kind(&client, &gvk).await.expect("kind served");
+        // A kind whose CRD was applied just before (from this chart or the fixture) may take
+        // a moment to be served once Established.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let (ar, caps) = loop {
+            match pinned_kind(&client, &gvk).await {
+                Ok(found) => break found,
+                Err(e) if tokio::time::Instant::now() > deadline => {
+                    panic!("{} not served: {e}", types.kind)
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
         let api: Api<DynamicObject> = if caps.scope == kube::discovery::Scope::Namespaced {
             Api::namespaced_with(client.clone(), &release_ns, &ar)
         } else {
@@ -108,7 +138,8 @@ async fn rendered_chart_applies_and_its_rbac_is_enough_for_kimup() {
         let name = obj.metadata.name.clone().expect("name");
         api.patch(
             &name,
-            &PatchParams::apply("chart-test").force(),
+            // Strict: a field the API server does not know fails, not just warns.
+            &PatchParams::apply("chart-test").force().validation_strict(),
             &Patch::Apply(&obj),
         )
         .await
@@ -124,6 +155,11 @@ async fn rendered_chart_applies_and_its_rbac_is_enough_for_kimup() {
         "RoleBinding",
         "Service",
         "Deployment",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+        "ServiceMonitor",
+        "PrometheusRule",
+        "ConfigMap",
     ] {
         assert!(kinds.iter().any(|x| x == k), "chart lacks a {k}: {kinds:?}");
     }
