@@ -212,10 +212,13 @@ pub fn parse(reference: &str) -> Result<ImageRef, ReferenceError> {
 pub fn normalise_registry_host(input: &str) -> String {
     let trimmed = input.trim();
     let without_scheme = trimmed.split_once("://").map_or(trimmed, |(_, rest)| rest);
+    // Trimmed again after the scheme comes off: `a://  /` has no host, not a host of spaces
+    // (which no registry matches, since normalising it a second time leaves nothing).
     let host = without_scheme
         .split('/')
         .next()
         .unwrap_or(without_scheme)
+        .trim()
         .to_ascii_lowercase();
     if DOCKER_HUB_ALIASES.contains(&host.as_str()) {
         DOCKER_HUB.to_owned()
@@ -780,9 +783,17 @@ mod tests {
             ("ghcr.io/", "ghcr.io"),
             ("  GHCR.IO  ", "ghcr.io"),
             ("[::1]:5000/v2/", "[::1]:5000"),
+            // Found by kimup-fuzz: spaces between the scheme and the path are no host.
+            ("a://  /", ""),
+            ("https:// ghcr.io /v2/", "ghcr.io"),
         ];
         for (input, want) in cases {
             assert_eq!(normalise_registry_host(input), want, "{input:?}");
+            assert_eq!(
+                normalise_registry_host(want),
+                want,
+                "idempotent on {input:?}"
+            );
         }
     }
 
