@@ -30,7 +30,8 @@ pub enum ReferenceError {
     /// The reference was empty or only whitespace.
     #[error("image reference is empty")]
     Empty,
-    /// The name part (before tag and digest) is longer than 255 characters.
+    /// The name part (before tag and digest), as written or as normalised
+    /// (`registry/repository`), is longer than 255 characters.
     #[error(
         "invalid image reference {input:?}: name is {len} characters long, at most {NAME_MAX_LEN} allowed"
     )]
@@ -199,6 +200,15 @@ pub fn parse(reference: &str) -> Result<ImageRef, ReferenceError> {
     } else {
         path.to_owned()
     };
+    // Docker checks the length of the normalised name; checking only what was written let
+    // `nginx`-style names through whose own `Display` (`docker.io/library/...`) did not parse.
+    let normalised_len = registry.len() + 1 + repository.len();
+    if normalised_len > NAME_MAX_LEN {
+        return Err(ReferenceError::NameTooLong {
+            input,
+            len: normalised_len,
+        });
+    }
 
     Ok(ImageRef {
         registry,
@@ -721,6 +731,18 @@ mod tests {
             parse(&long),
             Err(ReferenceError::NameTooLong { .. })
         ));
+        // Found by kimup-fuzz: 252 characters as written, 262 once normalised, as Docker counts.
+        let hub = format!("a/{}:1", "b".repeat(250));
+        assert_eq!(
+            parse(&hub),
+            Err(ReferenceError::NameTooLong {
+                input: hub.clone(),
+                len: 262
+            })
+        );
+        let fits = format!("a/{}", "b".repeat(243));
+        let image = parse(&fits).expect("255 characters once normalised");
+        assert_eq!(parse(&image.to_string()), Ok(image));
     }
 
     #[test]
