@@ -14,11 +14,19 @@ use std::cmp::{Ordering, Reverse};
 use std::fmt;
 use std::str::FromStr;
 
-use regex::Regex;
+use regex::RegexBuilder;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::version::{CalverTag, OrderedTag, SemverTag};
+
+/// Largest compiled program of a rule's regex, in bytes (the regex crate's default is 10 MiB).
+///
+/// The crate builds a program up to its limit before refusing it, so a tenant's `\pL{101}`
+/// repeated four times cost 145 ms per evaluation at the default limit (found by kimup-fuzz).
+/// Tag patterns such as `^v?\d+\.\d+\.\d+(-alpine)?$` need a few KiB; what weighs is a
+/// counted Unicode class (`\w{50}` needs 2 to 4 MiB), which ASCII tags never need.
+const REGEX_SIZE_LIMIT: usize = 1024 * 1024;
 
 /// Kinds of rule: how the next tag is chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -554,10 +562,13 @@ fn rank_regex(
     let pattern = value
         .filter(|v| !v.is_empty())
         .ok_or(RuleError::MissingValue { rule })?;
-    let regex = Regex::new(pattern).map_err(|e| RuleError::InvalidRegex {
-        value: pattern.to_string(),
-        reason: regex_reason(&e),
-    })?;
+    let regex = RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| RuleError::InvalidRegex {
+            value: pattern.to_string(),
+            reason: regex_reason(&e),
+        })?;
     // Every tag is comparable to the current one in the version-aware order, so the no-downgrade
     // guard always applies: a `latest` current only lets semver-ish or naturally later tags in.
     let cur = OrderedTag::new(current);
@@ -588,6 +599,13 @@ fn rank_regex(
 /// The last line of a regex error: the rest repeats the pattern with a caret, which reads badly
 /// on one status line.
 fn regex_reason(error: &regex::Error) -> String {
+    if let regex::Error::CompiledTooBig(limit) = error {
+        return format!(
+            "the compiled pattern exceeds the size limit of {limit} bytes; counted Unicode \
+             classes such as \\w{{20}} or \\pL{{10}} weigh the most, ASCII ones such as \
+             [0-9]{{20}} or (?-u:\\w){{20}} little"
+        );
+    }
     let text = error.to_string();
     let last = text
         .lines()
@@ -1277,6 +1295,26 @@ mod tests {
             err,
             "regex needs a value: the regular expression that tags must match"
         );
+    }
+
+    #[test]
+    fn regex_programs_are_capped() {
+        // Found by kimup-fuzz: this took 145 ms per evaluation at the regex crate's 10 MiB
+        // default, which it builds up to before refusing.
+        let heavy = r"(\w+^[a-z]+v?$+(?:-rc\d+)?(?:-rc\d+)?\pL{101}){4}";
+        let msg = evaluate(RuleType::Regex, Some(heavy), "1.0.0", &owned(BUILDS))
+            .map(|_| String::new())
+            .unwrap_or_else(|e| e.to_string());
+        assert!(
+            msg.contains("exceeds the size limit of 1048576 bytes"),
+            "{msg}"
+        );
+        assert!(msg.contains(r"(?-u:\w){20}"), "{msg}");
+        // A long but real tag pattern still fits.
+        let real =
+            r"(?i)^v?\d{1,4}\.\d{1,4}\.\d{1,4}(-(alpine|slim|bookworm|bullseye)\w*(\.\d+)*)?$";
+        let d = run(RuleType::Regex, Some(real), "v1.25.3", NGINX);
+        assert_eq!(d.chosen.as_deref(), Some("1.27.0-bookworm"));
     }
 
     #[test]
