@@ -22,7 +22,7 @@ const DOCKER_HUB_ALIASES: [&str; 3] = ["docker.io", "index.docker.io", "registry
 const NAME_MAX_LEN: usize = 255;
 
 /// Longest accepted tag, as in distribution.
-const TAG_MAX_LEN: usize = 128;
+pub const TAG_MAX_LEN: usize = 128;
 
 /// Why an image reference could not be parsed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
