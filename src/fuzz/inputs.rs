@@ -336,8 +336,12 @@ fn digit_runs(s: &str) -> Vec<(usize, usize)> {
     runs
 }
 
+/// Largest input a case gets, in bytes: the server's webhook body limit and Kubernetes' limit
+/// on a Secret. Tag lists have no limit in kimup (see README, "Fuzzing"), so this bounds them.
+pub const MAX_INPUT: usize = 1024 * 1024;
+
 /// A registry's tag list around `base`: neighbours of it, other tags, duplicates; now and then
-/// a long one.
+/// a long one. At most [`MAX_INPUT`] bytes of tags in all.
 pub fn tag_list(rng: &mut Rng, base: &str, max: usize) -> Vec<String> {
     let count = if rng.one_in(30) {
         rng.between(200, 1000)
@@ -345,7 +349,11 @@ pub fn tag_list(rng: &mut Rng, base: &str, max: usize) -> Vec<String> {
         rng.below(max + 1)
     };
     let mut tags: Vec<String> = Vec::with_capacity(count);
+    let mut bytes = 0;
     for _ in 0..count {
+        if bytes > MAX_INPUT {
+            break;
+        }
         let tag = match rng.below(8) {
             0..=3 => bump(rng, base),
             4 if !tags.is_empty() => rng.pick_ref(&tags).clone(),
@@ -355,6 +363,7 @@ pub fn tag_list(rng: &mut Rng, base: &str, max: usize) -> Vec<String> {
             ),
             _ => any_tag(rng),
         };
+        bytes += tag.len();
         tags.push(tag);
     }
     tags

@@ -884,7 +884,7 @@ impl Target for DockerConfig {
             Some(credentials::DOCKERCFG_TYPE) => !rng.one_in(8),
             _ => rng.one_in(8),
         };
-        let content = match rng.below(8) {
+        let mut content = match rng.below(8) {
             0 => inputs::bytes(rng, 512),
             1 | 2 => {
                 let seed = rng.pick(DOCKER_SEEDS);
@@ -901,6 +901,8 @@ impl Target for DockerConfig {
             (false, _) => credentials::DOCKER_CONFIG_JSON_KEY,
         };
         let mut data = BTreeMap::new();
+        // The API server refuses Secrets over 1 MiB.
+        content.truncate(inputs::MAX_INPUT);
         data.insert(key.to_string(), content);
         if rng.one_in(6) {
             let other = if key == credentials::DOCKERCFG_KEY {
@@ -1181,6 +1183,11 @@ struct KubeconfigInput {
     allow_exec: bool,
 }
 
+/// Longest kubeconfig generated, in bytes. kube's YAML parser costs about 0.5 µs a node, so a
+/// file of tiny nodes (`[x, x, x, ...]`) past some 20 KB takes 10 ms whatever kimup does;
+/// real kubeconfigs are a few hundred nodes, their certificates long single scalars.
+const KUBECONFIG_MAX: usize = 24 * 1024;
+
 /// Names for clusters, users and contexts, YAML-special ones included.
 const KUBE_NAMES: &[&str] = &[
     "c",
@@ -1337,9 +1344,11 @@ impl Target for KubeconfigFile {
     }
 
     fn generate(&self, rng: &mut Rng) -> KubeconfigInput {
+        let mut text = inputs::text(rng, KUBE_SEEDS, KUBE_DICT, kubeconfig);
+        text.truncate(text.floor_char_boundary(KUBECONFIG_MAX));
         KubeconfigInput {
             stem: rng.pick(&["prod", "a.b", "é", ".hidden", "x y"]),
-            text: inputs::text(rng, KUBE_SEEDS, KUBE_DICT, kubeconfig),
+            text,
             allow_exec: rng.one_in(4),
         }
     }
