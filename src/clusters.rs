@@ -168,12 +168,69 @@ pub fn scan(dirs: &[PathBuf], files: &[PathBuf], allow_exec: bool) -> BTreeMap<S
             }
         };
         // read_from resolves relative certificate paths against the file's folder.
-        let kc = Kubeconfig::read_from(&path).map_err(|e| e.to_string());
+        let kc = check_expansion(&text)
+            .and_then(|()| Kubeconfig::read_from(&path).map_err(|e| e.to_string()));
         for m in members_of(&path, &text, kc, allow_exec) {
             out.insert(m.name.clone(), m);
         }
     }
     out
+}
+
+/// Events that YAML aliases may replay in a kubeconfig: a kubeconfig that uses aliases at all
+/// repeats a user or a cluster of a dozen events a few times.
+const KUBECONFIG_ALIAS_EVENTS: usize = 5_000;
+
+/// Refuses YAML whose aliases expand to far more than a kubeconfig needs.
+///
+/// kube parses kubeconfigs with serde-saphyr's default budgets (250,000 nodes, 1,000,000
+/// replayed events), which let a 400-byte "billion laughs" file cost 0.4 s of parsing on every
+/// poll (found by kimup-fuzz). This first pass stops at [`KUBECONFIG_ALIAS_EVENTS`] replayed
+/// events, and at `2 * len + 1000` nodes: without aliases a node takes at least one byte of
+/// text (an empty value after its `:`), so no file is refused for its own size.
+pub fn check_expansion(text: &str) -> Result<(), String> {
+    // Only an alias (`*name`) of an anchor (`&name`) expands: without both characters there is
+    // nothing to check, and ordinary kubeconfigs skip this pass, which costs as much as kube's
+    // parse (about 0.5 µs a node).
+    if !text.contains('*') || !text.contains('&') {
+        return Ok(());
+    }
+    let mut options = serde_saphyr::Options::default();
+    if let Some(budget) = options.budget.as_mut() {
+        budget.max_nodes = text.len().saturating_mul(2).saturating_add(1_000);
+    }
+    options.alias_limits.max_total_replayed_events = KUBECONFIG_ALIAS_EVENTS;
+    options.with_snippet = false;
+    match serde_saphyr::from_multiple_with_options::<serde::de::IgnoredAny>(text, options) {
+        Err(e) if is_expansion_error(&e) => Err(format!(
+            "YAML aliases expand beyond what a kubeconfig needs ({KUBECONFIG_ALIAS_EVENTS} \
+             replayed events, or twice as many nodes as the file has bytes)"
+        )),
+        // Other errors are kube's parse's to report, in its words.
+        _ => Ok(()),
+    }
+}
+
+/// Whether a serde-saphyr error is a node or alias-replay limit rather than bad syntax (or
+/// another budget, such as nesting depth, which kube's own parse refuses alike).
+fn is_expansion_error(mut error: &serde_saphyr::Error) -> bool {
+    use serde_saphyr::Error;
+    use serde_saphyr::budget::BudgetBreach;
+    loop {
+        match error {
+            Error::WithSnippet { error: inner, .. } | Error::AliasError { error: inner, .. } => {
+                error = inner
+            }
+            Error::Budget {
+                breach: BudgetBreach::Nodes { .. },
+                ..
+            }
+            | Error::AliasReplayLimitExceeded { .. }
+            | Error::AliasReplayCounterOverflow { .. }
+            | Error::AliasExpansionLimitExceeded { .. } => return true,
+            _ => return false,
+        }
+    }
 }
 
 fn stem(path: &Path) -> String {
@@ -392,6 +449,41 @@ contexts:
                 .expect_err("error")
                 .contains("no context")
         );
+    }
+
+    #[test]
+    fn alias_bombs_are_refused_and_plain_aliases_kept() {
+        // Found by kimup-fuzz: 9^7 expansions in 400 bytes took kube's parser 0.4 s (release).
+        let mut laughs = String::from("a: &a [x, x, x, x, x, x, x, x, x]\n");
+        for (prev, name) in ["a", "b", "c", "d", "e", "f"]
+            .iter()
+            .zip(["b", "c", "d", "e", "f", "g"])
+        {
+            let refs = vec![format!("*{prev}"); 9].join(", ");
+            laughs.push_str(&format!("{name}: &{name} [{refs}]\n"));
+        }
+        laughs.push_str("preferences: {extensions: [{name: x, extension: *g}]}\n");
+        let err = check_expansion(&laughs).expect_err("refused");
+        assert!(err.contains("aliases expand"), "{err}");
+        // Also found by kimup-fuzz: thousands of aliases in a long file, where a budget
+        // proportional to the file's size still allowed 40 ms of replays.
+        let wide = format!(
+            "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a]\nc: [{}]\n",
+            vec!["*b"; 4000].join(", ")
+        );
+        assert!(check_expansion(&wide).is_err());
+
+        let shared_user = r#"
+apiVersion: v1
+kind: Config
+clusters: [{name: a, cluster: {server: "https://a:6443"}}, {name: b, cluster: {server: "https://b:6443"}}]
+users: [{name: u, user: &cred {token: abc}}, {name: v, user: *cred}]
+contexts: [{name: a, context: {cluster: a, user: u}}, {name: b, context: {cluster: b, user: v}}]
+"#;
+        for text in [ONE, TWO_EXEC, shared_user, "{{{", ""] {
+            assert_eq!(check_expansion(text), Ok(()), "{text}");
+        }
+        assert!(parse(shared_user).is_ok());
     }
 
     #[test]

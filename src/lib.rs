@@ -5,6 +5,7 @@ pub mod api;
 pub mod clusters;
 pub mod controller;
 pub mod evaluate;
+pub mod fuzz;
 pub mod leader;
 pub mod metrics;
 pub mod registry;

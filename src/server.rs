@@ -243,7 +243,7 @@ pub struct ServerState {
 }
 
 /// Largest webhook body accepted: registry payloads are a few KiB.
-const WEBHOOK_BODY_LIMIT: usize = 1024 * 1024;
+pub const WEBHOOK_BODY_LIMIT: usize = 1024 * 1024;
 
 /// Serves the endpoints on `listener` until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, state: ServerState) -> std::io::Result<()> {

@@ -511,6 +511,15 @@ mod tests {
     }
 
     #[test]
+    fn a_key_of_spaces_has_no_host() {
+        // Found by kimup-fuzz: this key normalised to "  ", a credential that `select` could
+        // never hand out, instead of the "no host" error of an empty key.
+        let json = format!(r#"{{"auths":{{"a://  /":{{"auth":"{}"}}}}}}"#, b64("u:p"));
+        let err = config_json(&json).unwrap_err();
+        assert!(err.to_string().contains("has no host"), "{err}");
+    }
+
+    #[test]
     fn no_auths_is_empty() {
         assert!(matches!(
             config_json("{}"),

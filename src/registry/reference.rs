@@ -22,7 +22,7 @@ const DOCKER_HUB_ALIASES: [&str; 3] = ["docker.io", "index.docker.io", "registry
 const NAME_MAX_LEN: usize = 255;
 
 /// Longest accepted tag, as in distribution.
-const TAG_MAX_LEN: usize = 128;
+pub const TAG_MAX_LEN: usize = 128;
 
 /// Why an image reference could not be parsed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -30,7 +30,8 @@ pub enum ReferenceError {
     /// The reference was empty or only whitespace.
     #[error("image reference is empty")]
     Empty,
-    /// The name part (before tag and digest) is longer than 255 characters.
+    /// The name part (before tag and digest), as written or as normalised
+    /// (`registry/repository`), is longer than 255 characters.
     #[error(
         "invalid image reference {input:?}: name is {len} characters long, at most {NAME_MAX_LEN} allowed"
     )]
@@ -199,6 +200,15 @@ pub fn parse(reference: &str) -> Result<ImageRef, ReferenceError> {
     } else {
         path.to_owned()
     };
+    // Docker checks the length of the normalised name; checking only what was written let
+    // `nginx`-style names through whose own `Display` (`docker.io/library/...`) did not parse.
+    let normalised_len = registry.len() + 1 + repository.len();
+    if normalised_len > NAME_MAX_LEN {
+        return Err(ReferenceError::NameTooLong {
+            input,
+            len: normalised_len,
+        });
+    }
 
     Ok(ImageRef {
         registry,
@@ -212,10 +222,13 @@ pub fn parse(reference: &str) -> Result<ImageRef, ReferenceError> {
 pub fn normalise_registry_host(input: &str) -> String {
     let trimmed = input.trim();
     let without_scheme = trimmed.split_once("://").map_or(trimmed, |(_, rest)| rest);
+    // Trimmed again after the scheme comes off: `a://  /` has no host, not a host of spaces
+    // (which no registry matches, since normalising it a second time leaves nothing).
     let host = without_scheme
         .split('/')
         .next()
         .unwrap_or(without_scheme)
+        .trim()
         .to_ascii_lowercase();
     if DOCKER_HUB_ALIASES.contains(&host.as_str()) {
         DOCKER_HUB.to_owned()
@@ -723,6 +736,18 @@ mod tests {
             parse(&long),
             Err(ReferenceError::NameTooLong { .. })
         ));
+        // Found by kimup-fuzz: 252 characters as written, 262 once normalised, as Docker counts.
+        let hub = format!("a/{}:1", "b".repeat(250));
+        assert_eq!(
+            parse(&hub),
+            Err(ReferenceError::NameTooLong {
+                input: hub.clone(),
+                len: 262
+            })
+        );
+        let fits = format!("a/{}", "b".repeat(243));
+        let image = parse(&fits).expect("255 characters once normalised");
+        assert_eq!(parse(&image.to_string()), Ok(image));
     }
 
     #[test]
@@ -785,9 +810,17 @@ mod tests {
             ("ghcr.io/", "ghcr.io"),
             ("  GHCR.IO  ", "ghcr.io"),
             ("[::1]:5000/v2/", "[::1]:5000"),
+            // Found by kimup-fuzz: spaces between the scheme and the path are no host.
+            ("a://  /", ""),
+            ("https:// ghcr.io /v2/", "ghcr.io"),
         ];
         for (input, want) in cases {
             assert_eq!(normalise_registry_host(input), want, "{input:?}");
+            assert_eq!(
+                normalise_registry_host(want),
+                want,
+                "idempotent on {input:?}"
+            );
         }
     }
 
