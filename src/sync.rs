@@ -575,7 +575,8 @@ fn compose(image: &Image, previous: &ImageStatus, c: Composed<'_>) -> ImageStatu
         (SyncResult::Success, c.synced.message.clone())
     };
     let mut message = message;
-    if let Some(w) = &workloads {
+    // The workloads are news only when there are some: "0 of 0" says nothing.
+    if let Some(w) = workloads.as_ref().filter(|w| w.total > 0) {
         let text = describe_workloads(w, c.tag.as_deref().unwrap_or_default());
         message = if message.is_empty() {
             text

@@ -99,7 +99,7 @@ async fn every_bad_input_is_reported_and_the_rest_keeps_syncing() {
                 "  image: {good_ref}\n  baseTag: 1.0.0\n{trig}  rules:\n  - name: r\n    type: regex\n    value: '\\w{{100}}'\n{apply}"
             ),
             result: SyncResult::GetRuleError,
-            message: "compiles to more than 2 MiB",
+            message: "compiles to more than 1 MiB",
             reason: "RuleError",
         },
         Case {
