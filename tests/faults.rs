@@ -264,6 +264,33 @@ impl Fleet {
         }
     }
 
+    /// Pushes `tag` of the repository to the registry.
+    async fn push(&self, tag: &str) {
+        self.env
+            .plain_registry()
+            .push_tags(REPO, &[tag])
+            .await
+            .expect("push");
+    }
+
+    /// Expects the fleet to converge to `tag` with its alert delivered once more, and prints how
+    /// long that took from `since` as the recovery time of fault `label`.
+    async fn recovers(
+        &self,
+        label: &str,
+        from: &str,
+        tag: &'static str,
+        alerted: &mut Vec<&'static str>,
+        since: Instant,
+    ) {
+        alerted.push(tag);
+        self.assert_final(tag, alerted).await;
+        println!(
+            "fault {label}: converged {:.2} s after {from}",
+            since.elapsed().as_secs_f64()
+        );
+    }
+
     fn delivered(&self, path: &str) -> Vec<String> {
         self.sink
             .delivered_on(path)
@@ -319,11 +346,7 @@ async fn a_member_api_server_killed_mid_sync_then_restarted() {
     f.start_kimup(&[]);
     f.assert_final("1.1.0", &["1.1.0"]).await;
     let before = f.listings();
-    f.env
-        .plain_registry()
-        .push_tags(REPO, &["1.2.0"])
-        .await
-        .expect("push");
+    f.push("1.2.0").await;
     // Killed as kimup starts the syncs that pick 1.2.0 up.
     f.wait_listings(before, 1, "sync after the push").await;
     f.env.clusters[1].kill();
@@ -350,11 +373,7 @@ async fn etcd_stopped_then_restarted() {
     etcd.kill();
     let killed = Instant::now();
     let before = f.listings();
-    f.env
-        .plain_registry()
-        .push_tags(REPO, &["1.2.0"])
-        .await
-        .expect("push");
+    f.push("1.2.0").await;
     // kimup syncs during the outage: it lists the registry, picks 1.2.0, may alert, and cannot
     // write the workload or the status. What it learned must survive until etcd is back.
     f.wait_listings(before, 2, "syncs during the etcd outage")
@@ -410,11 +429,7 @@ async fn the_registry_down_then_back() {
         .await
         .expect("restart registry");
     let back = Instant::now();
-    f.env
-        .plain_registry()
-        .push_tags(REPO, &["1.2.0"])
-        .await
-        .expect("push");
+    f.push("1.2.0").await;
     let mut slowest = Duration::ZERO;
     for i in 0..2 {
         slowest = slowest.max(f.wait_converged(i, "1.2.0", Duration::from_secs(90)).await);
@@ -439,11 +454,7 @@ async fn a_kubeconfig_replaced_by_garbage_then_fixed() {
         "apiVersion: v1\nkind: Config\nclusters: [{{{ not yaml",
     );
     let broken = Instant::now();
-    f.env
-        .plain_registry()
-        .push_tags(REPO, &["1.2.0"])
-        .await
-        .expect("push");
+    f.push("1.2.0").await;
     // The healthy cluster goes on.
     f.wait_converged(0, "1.2.0", Duration::from_secs(60)).await;
     write_file(&file, &good);
@@ -468,11 +479,7 @@ async fn one_cluster_added_twice_is_served_once() {
     let mut alerted = vec!["1.1.0"];
     f.assert_final("1.1.0", &alerted).await;
     for tag in ["1.2.0", "1.3.0"] {
-        f.env
-            .plain_registry()
-            .push_tags(REPO, &[tag])
-            .await
-            .expect("push");
+        f.push(tag).await;
         alerted.push(tag);
         // Two controllers on cluster-0 would each alert: exactly once rules that out.
         f.assert_final(tag, &alerted).await;
@@ -506,24 +513,21 @@ async fn registry_latency_resets_429_and_503() {
     f.start_kimup(&[format!("--insecure-registry={}", fault.host)]);
     let mut alerted = vec!["1.1.0"];
     f.assert_final("1.1.0", &alerted).await;
-    let push = |tag: &'static str| {
-        let reg = f.env.plain_registry();
-        async move { reg.push_tags(REPO, &[tag]).await.expect("push") }
-    };
 
     // Slow: 1.5 s each way on every registry connection.
     proxy
         .add_toxic(&Toxic::latency(Duration::from_millis(1500)))
         .await
         .expect("latency");
-    push("1.2.0").await;
-    alerted.push("1.2.0");
-    let started = Instant::now();
-    f.assert_final("1.2.0", &alerted).await;
-    println!(
-        "fault registry-slow: converged {:.2} s after the push",
-        started.elapsed().as_secs_f64()
-    );
+    f.push("1.2.0").await;
+    f.recovers(
+        "registry-slow",
+        "the push",
+        "1.2.0",
+        &mut alerted,
+        Instant::now(),
+    )
+    .await;
     proxy.clear_toxics().await.expect("clear");
 
     // Reset connections: every sync fails with RegistryError, workloads stay on their tag.
@@ -531,21 +535,27 @@ async fn registry_latency_resets_429_and_503() {
         .add_toxic(&Toxic::reset_peer(Duration::ZERO))
         .await
         .expect("reset");
-    push("1.3.0").await;
+    f.push("1.3.0").await;
     for i in 0..2 {
-        wait_for(&format!("cluster-{i} RegistryError while resetting"), Duration::from_secs(60), || async {
-            matches!(f.state(i).await, Ok((Some(t), Some(SyncResult::RegistryError), 1, 1, _)) if t == "1.2.0")
-        })
+        wait_for(
+            &format!("cluster-{i} RegistryError while resetting"),
+            Duration::from_secs(60),
+            || async {
+                matches!(f.state(i).await, Ok((Some(t), Some(SyncResult::RegistryError), 1, 1, _)) if t == "1.2.0")
+            },
+        )
         .await;
     }
     proxy.clear_toxics().await.expect("clear");
-    let started = Instant::now();
-    alerted.push("1.3.0");
-    f.assert_final("1.3.0", &alerted).await;
-    println!(
-        "fault registry-reset: converged {:.2} s after the resets stopped",
-        started.elapsed().as_secs_f64()
-    );
+    let stopped = Instant::now();
+    f.recovers(
+        "registry-reset",
+        "the resets stopped",
+        "1.3.0",
+        &mut alerted,
+        stopped,
+    )
+    .await;
 
     // Throttled: 429 with Retry-After on tag listings, then 503 for 4 s.
     fault.set(
@@ -553,26 +563,29 @@ async fn registry_latency_resets_429_and_503() {
             .times(4)
             .on_paths_containing("/tags/list"),
     );
-    push("1.4.0").await;
-    alerted.push("1.4.0");
-    let started = Instant::now();
-    f.assert_final("1.4.0", &alerted).await;
-    println!(
-        "fault registry-429: converged {:.2} s after the push ({} answers faulted)",
-        started.elapsed().as_secs_f64(),
-        fault.stats().faulted
-    );
+    f.push("1.4.0").await;
+    f.recovers(
+        "registry-429",
+        "the push",
+        "1.4.0",
+        &mut alerted,
+        Instant::now(),
+    )
+    .await;
+    println!("  ({} registry answers faulted)", fault.stats().faulted);
     fault.set(
         FaultPlan::new(HttpFault::service_unavailable(None)).for_period(Duration::from_secs(4)),
     );
-    push("1.5.0").await;
-    alerted.push("1.5.0");
-    let started = Instant::now();
-    f.assert_final("1.5.0", &alerted).await;
-    println!(
-        "fault registry-503: converged {:.2} s after the push (503 for 4 s)",
-        started.elapsed().as_secs_f64()
-    );
+    f.push("1.5.0").await;
+    let pushed = Instant::now();
+    f.recovers(
+        "registry-503",
+        "the push (503 for 4 s)",
+        "1.5.0",
+        &mut alerted,
+        pushed,
+    )
+    .await;
     assert!(
         fault.stats().faulted >= 4,
         "faults were served: {:?}",
@@ -587,43 +600,41 @@ async fn api_server_latency_resets_and_silence() {
     f.start_kimup(&[]);
     let mut alerted = vec!["1.1.0"];
     f.assert_final("1.1.0", &alerted).await;
-    let push = |tag: &'static str| {
-        let reg = f.env.plain_registry();
-        async move { reg.push_tags(REPO, &[tag]).await.expect("push") }
-    };
 
     // Slow: 1 s each way between kimup and cluster-1.
     proxy
         .add_toxic(&Toxic::latency(Duration::from_secs(1)))
         .await
         .expect("latency");
-    push("1.2.0").await;
-    alerted.push("1.2.0");
-    let started = Instant::now();
-    f.assert_final("1.2.0", &alerted).await;
-    println!(
-        "fault apiserver-slow: converged {:.2} s after the push",
-        started.elapsed().as_secs_f64()
-    );
+    f.push("1.2.0").await;
+    f.recovers(
+        "apiserver-slow",
+        "the push",
+        "1.2.0",
+        &mut alerted,
+        Instant::now(),
+    )
+    .await;
     proxy.clear_toxics().await.expect("clear");
 
     // Reset connections, then silence (connections accepted, nothing answered): cluster-0 goes on.
-    for (label, toxic) in [
-        ("reset", Toxic::reset_peer(Duration::ZERO)),
-        ("silent", Toxic::timeout(Duration::ZERO)),
+    for (label, toxic, tag) in [
+        ("reset", Toxic::reset_peer(Duration::ZERO), "1.3.0"),
+        ("silent", Toxic::timeout(Duration::ZERO), "1.4.0"),
     ] {
         proxy.add_toxic(&toxic).await.expect("toxic");
-        let tag: &'static str = if label == "reset" { "1.3.0" } else { "1.4.0" };
-        push(tag).await;
+        f.push(tag).await;
         f.wait_converged(0, tag, Duration::from_secs(60)).await;
         proxy.clear_toxics().await.expect("clear");
-        let started = Instant::now();
-        alerted.push(tag);
-        f.assert_final(tag, &alerted).await;
-        println!(
-            "fault apiserver-{label}: converged {:.2} s after the fault ended",
-            started.elapsed().as_secs_f64()
-        );
+        let ended = Instant::now();
+        f.recovers(
+            &format!("apiserver-{label}"),
+            "the fault ended",
+            tag,
+            &mut alerted,
+            ended,
+        )
+        .await;
     }
 }
 
@@ -720,11 +731,7 @@ async fn status_writes_refused_lose_nothing_and_repeat_no_alert() {
     }
     let refused = Instant::now();
     let before = f.listings();
-    f.env
-        .plain_registry()
-        .push_tags(REPO, &["1.2.0"])
-        .await
-        .expect("push");
+    f.push("1.2.0").await;
     // The sync picks 1.2.0, patches the workload and delivers the alert; only its status write
     // fails. Later syncs start from what it learned: they must not alert again.
     for i in 0..2 {
