@@ -5,6 +5,9 @@
 #   otelcol: an OpenTelemetry Collector (OTLP receiver, file and debug exporters), tests/env/tools/otelcol
 #   helm: the helm v3 CLI, tests/env/tools/helm
 #   toxiproxy: Shopify's TCP fault injector (latency, resets, timeouts), tests/env/tools/toxiproxy
+#   crane: go-containerregistry's registry CLI, which assembles and pushes kimup's container image
+#          without a daemon, tests/env/tools/crane
+#   jaeger: the Jaeger all-in-one tracing backend (OTLP in, HTTP query API), tests/env/tools/jaeger
 #   docker-registry: Debian's package
 #   aiosmtpd: PyPI, the SMTP server alert tests deliver to
 # Prints the cache directory on stdout's last line. Idempotent; safe to run concurrently is NOT
@@ -21,6 +24,8 @@ etcd_dir="$root/tests/env/tools/etcd"
 otelcol_dir="$root/tests/env/tools/otelcol"
 helm_dir="$root/tests/env/tools/helm"
 toxiproxy_dir="$root/tests/env/tools/toxiproxy"
+crane_dir="$root/tests/env/tools/crane"
+jaeger_dir="$root/tests/env/tools/jaeger"
 KUBE_VERSION="$(modver "$kube_dir" k8s.io/kubernetes)"
 ETCD_VERSION="$(modver "$etcd_dir" go.etcd.io/etcd/server/v3)"
 # The collector's core and contrib modules move together (scripts/gen-tools-mod.sh), so the core
@@ -29,8 +34,10 @@ OTELCOL_VERSION="$(modver "$otelcol_dir" go.opentelemetry.io/collector/otelcol)"
 HELM_VERSION="$(modver "$helm_dir" helm.sh/helm/v3)"
 HELM_CLIENT_GO="$(modver "$helm_dir" k8s.io/client-go)"
 TOXIPROXY_VERSION="$(modver "$toxiproxy_dir" github.com/Shopify/toxiproxy/v2)"
+CRANE_VERSION="$(modver "$crane_dir" github.com/google/go-containerregistry)"
+JAEGER_VERSION="$(modver "$jaeger_dir" github.com/jaegertracing/jaeger)"
 [ -n "$KUBE_VERSION" ] && [ -n "$ETCD_VERSION" ] && [ -n "$OTELCOL_VERSION" ] && [ -n "$HELM_VERSION" ] && [ -n "$HELM_CLIENT_GO" ] \
-  && [ -n "$TOXIPROXY_VERSION" ] \
+  && [ -n "$TOXIPROXY_VERSION" ] && [ -n "$CRANE_VERSION" ] && [ -n "$JAEGER_VERSION" ] \
   || { echo "cannot read pinned versions from tests/env/tools/*/go.mod" >&2; exit 1; }
 
 log() { echo "[testenv-binaries] $*" >&2; }
@@ -76,12 +83,24 @@ hpid=$!
 build_go toxiproxy "$TOXIPROXY_VERSION" "$toxiproxy_dir" github.com/Shopify/toxiproxy/v2/cmd/server \
   "-s -w -X github.com/Shopify/toxiproxy/v2.Version=$TOXIPROXY_VERSION" &
 tpid=$!
+build_go crane "$CRANE_VERSION" "$crane_dir" github.com/google/go-containerregistry/cmd/crane \
+  "-s -w -X github.com/google/go-containerregistry/cmd/crane/cmd.Version=$CRANE_VERSION" &
+cpid=$!
+# Jaeger's Makefile stamps internal/version the same way. Its UI assets are built with npm from
+# the jaeger-ui repository and are not part of the Go module, so this build serves Jaeger's
+# placeholder page on the UI port; the query API (what the demo links and the test reads) is whole.
+jv="github.com/jaegertracing/jaeger/internal/version"
+build_go jaeger "$JAEGER_VERSION" "$jaeger_dir" github.com/jaegertracing/jaeger/cmd/jaeger \
+  "-s -w -X $jv.latestVersion=$JAEGER_VERSION -X $jv.date=1970-01-01T00:00:00Z" &
+jpid=$!
 fail=0
 wait "$kpid" || fail=1
 wait "$epid" || fail=1
 wait "$opid" || fail=1
 wait "$hpid" || fail=1
 wait "$tpid" || fail=1
+wait "$cpid" || fail=1
+wait "$jpid" || fail=1
 [ "$fail" = 0 ] || { echo "building the test control plane binaries failed (see above)" >&2; exit 1; }
 
 if ! command -v docker-registry >/dev/null && [ ! -x /usr/bin/docker-registry ]; then
@@ -106,4 +125,6 @@ ln -sfn "$cache/etcd-$ETCD_VERSION/etcd" "$cache/etcd"
 ln -sfn "$cache/otelcol-$OTELCOL_VERSION/otelcol" "$cache/otelcol"
 ln -sfn "$cache/helm-$HELM_VERSION/helm" "$cache/helm"
 ln -sfn "$cache/toxiproxy-$TOXIPROXY_VERSION/toxiproxy" "$cache/toxiproxy"
+ln -sfn "$cache/crane-$CRANE_VERSION/crane" "$cache/crane"
+ln -sfn "$cache/jaeger-$JAEGER_VERSION/jaeger" "$cache/jaeger"
 echo "$cache"

@@ -21,6 +21,10 @@ pub struct Binaries {
     pub helm: PathBuf,
     /// Toxiproxy server (TCP fault injection) built from its Go module.
     pub toxiproxy: PathBuf,
+    /// crane (go-containerregistry), which assembles and pushes the container image.
+    pub crane: PathBuf,
+    /// Jaeger all-in-one (OTLP receiver, query API) built from its Go module.
+    pub jaeger: PathBuf,
 }
 
 /// The repository root (two levels above this crate).
@@ -62,6 +66,8 @@ impl Binaries {
             otelcol: cache.join("otelcol"),
             helm: cache.join("helm"),
             toxiproxy: cache.join("toxiproxy"),
+            crane: cache.join("crane"),
+            jaeger: cache.join("jaeger"),
         };
         let built = [
             &bins.kube_apiserver,
@@ -69,6 +75,8 @@ impl Binaries {
             &bins.otelcol,
             &bins.helm,
             &bins.toxiproxy,
+            &bins.crane,
+            &bins.jaeger,
         ];
         (built.iter().all(|p| p.exists()) && python().is_ok()).then_some(bins)
     }
@@ -95,7 +103,7 @@ impl Binaries {
         }
         Self::locate().with_context(|| {
             format!(
-                "{} succeeded but kube-apiserver/etcd/otelcol/helm/toxiproxy are not in {} or \
+                "{} succeeded but kube-apiserver/etcd/otelcol/helm/toxiproxy/crane/jaeger are not in {} or \
                  docker-registry is not on PATH",
                 script.display(),
                 cache_dir().display()
