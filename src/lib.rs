@@ -8,6 +8,7 @@ pub mod evaluate;
 pub mod fuzz;
 pub mod leader;
 pub mod metrics;
+pub mod migrate;
 pub mod registry;
 pub mod rules;
 pub mod run;

@@ -13,7 +13,13 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "KIMUP_LOG_FORMAT")]
     log_format: LogFormat,
     /// Log filter, e.g. `info` or `kimup=debug,kube=warn`.
-    #[arg(long, default_value = "info", global = true, env = "KIMUP_LOG_LEVEL")]
+    #[arg(
+        long,
+        alias = "loglevel",
+        default_value = "info",
+        global = true,
+        env = "KIMUP_LOG_LEVEL"
+    )]
     log_level: String,
     #[command(subcommand)]
     command: Command,
@@ -29,6 +35,19 @@ enum Command {
     Evaluate(Box<EvaluateArgs>),
     /// Print the version.
     Version,
+    /// Move over from kimup (Go).
+    #[command(subcommand)]
+    Migrate(MigrateCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum MigrateCommand {
+    /// Print the chart values that carry over Kimup resources (a file, or - for stdin; e.g.
+    /// `kubectl get kimups -A -o yaml | kimup migrate kimup-cr -`).
+    KimupCr {
+        /// YAML file of one or more Kimup resources, or a List of them; `-` reads stdin.
+        file: std::path::PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -76,13 +95,18 @@ fn main() -> std::process::ExitCode {
                 }
             }
         }
+        Command::Migrate(MigrateCommand::KimupCr { file }) => migrate_kimup_cr(&file),
         Command::Run(args) => {
-            if let Err(e) =
-                kimup::run::validate(&args).and_then(|()| kimup::run::check_paths(&args))
+            let upstream_warnings = match kimup::run::validate(&args)
+                .and_then(|()| kimup::run::check_paths(&args))
+                .and_then(|()| args.upstream.check())
             {
-                eprintln!("error: {e}");
-                return 2.into();
-            }
+                Ok(w) => w,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return 2.into();
+                }
+            };
             let _telemetry = match telemetry::init(cli.log_format, &cli.log_level) {
                 Ok(guard) => guard,
                 Err(e) => {
@@ -90,6 +114,9 @@ fn main() -> std::process::ExitCode {
                     return 2.into();
                 }
             };
+            for w in upstream_warnings {
+                tracing::warn!("{w}");
+            }
             let Some(rt) = runtime(true) else {
                 return 1.into();
             };
@@ -101,6 +128,45 @@ fn main() -> std::process::ExitCode {
                     1.into()
                 }
             }
+        }
+    }
+}
+
+/// `kimup migrate kimup-cr`: values on stdout, each note on stderr as well, exit 2 on bad input.
+fn migrate_kimup_cr(file: &std::path::Path) -> std::process::ExitCode {
+    use std::io::Read;
+    // The same cap as kubeconfig files: a manifest is small, and the input may be anything.
+    const MAX: u64 = 1 << 20;
+    let mut text = String::new();
+    let read = if file.as_os_str() == "-" {
+        std::io::stdin().take(MAX + 1).read_to_string(&mut text)
+    } else {
+        std::fs::File::open(file).and_then(|f| f.take(MAX + 1).read_to_string(&mut text))
+    };
+    if let Err(e) = read {
+        eprintln!("error: reading {}: {e}", file.display());
+        return 2.into();
+    }
+    if text.len() as u64 > MAX {
+        eprintln!("error: {} is larger than 1 MiB", file.display());
+        return 2.into();
+    }
+    match kimup::migrate::convert_stream(&text).and_then(|c| {
+        let out = kimup::migrate::render(&c)?;
+        Ok((c, out))
+    }) {
+        Ok((converted, out)) => {
+            for c in &converted {
+                for n in &c.notes {
+                    eprintln!("note: Kimup {}: {n}", c.resource);
+                }
+            }
+            print!("{out}");
+            0.into()
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            2.into()
         }
     }
 }

@@ -62,6 +62,7 @@ struct Metrics {
     rules: Family<ResultLabels, Counter>,
     cluster_up: Family<ClusterLabels, Gauge>,
     leader: Gauge,
+    member_clusters: Gauge,
     reconcile_errors: Family<ErrorLabels, Counter>,
 }
 
@@ -131,6 +132,12 @@ fn metrics() -> &'static Metrics {
             "1 while this replica holds the lease",
             leader.clone(),
         );
+        let member_clusters = Gauge::default();
+        registry.register(
+            "member_clusters",
+            "Member clusters configured (up or not); 0 is a configuration error",
+            member_clusters.clone(),
+        );
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
         registry.register(
             "reconcile_errors",
@@ -150,6 +157,7 @@ fn metrics() -> &'static Metrics {
             rules,
             cluster_up,
             leader,
+            member_clusters,
         }
     })
 }
@@ -298,6 +306,13 @@ pub fn reconcile_error(cluster: &str, error: &str) {
 /// Sets whether this replica leads.
 pub fn leader(is_leader: bool) {
     metrics().leader.set(i64::from(is_leader));
+}
+
+/// Sets how many member clusters are configured.
+pub fn member_clusters(n: usize) {
+    metrics()
+        .member_clusters
+        .set(i64::try_from(n).unwrap_or(i64::MAX));
 }
 
 /// The OpenMetrics text exposition.

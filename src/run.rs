@@ -30,6 +30,9 @@ pub struct RunArgs {
     /// Kubeconfig file of a member cluster (repeatable; every context is a member).
     #[arg(long = "kubeconfig")]
     pub kubeconfigs: Vec<PathBuf>,
+    /// kimup (Go)'s health and metrics flags, recognised for migration (hidden).
+    #[command(flatten)]
+    pub upstream: crate::migrate::UpstreamFlags,
     /// Folder of kubeconfig files, one or more clusters each; watched for changes (repeatable).
     #[arg(long = "kubeconfig-dir")]
     pub kubeconfig_dirs: Vec<PathBuf>,
@@ -587,6 +590,8 @@ async fn supervise(
                 },
             );
         }
+        // Zero members leaves no kimup_cluster_up series to alert on; this count has one.
+        crate::metrics::member_clusters(running.len());
         readiness.scanned();
         tokio::select! {
             _ = shutdown.cancelled() => break,

@@ -376,6 +376,12 @@ async fn a_copied_kubeconfig_serves_its_cluster_once() {
     })
     .await
     .expect("warning logged");
+    // And a series to alert on (the chart's KimupNoMemberCluster).
+    let exposition = metrics(port).await;
+    assert!(
+        exposition.lines().any(|l| l == "kimup_member_clusters 0"),
+        "no `kimup_member_clusters 0` in /metrics:\n{exposition}"
+    );
 
     // The original and a copy under a name that sorts after it (whether one scan or two see
     // them, the copy never serves).
