@@ -873,7 +873,9 @@ async fn steps(
         let credential = credential_for(&mut values, image, &reference.registry).await?;
         let registry = shared.tags.client().clone();
         let tls = registry.tls_mode(&reference.registry, image.spec.insecure_skip_tls_verify);
-        let (tags, hit) =
+        // The digest rule's manifest requests go where the listing went (HTTPS, or the HTTP
+        // fallback), so the fallback covers every registry request of the sync.
+        let (tags, hit, tls) =
             tags_with_fallback(shared, &reference, credential.as_ref(), tls, image).await?;
         info!(tags = tags.len(), cache_hit = hit, "tags listed");
         Ok::<_, SyncError>((reference, credential, tls, tags, values))
@@ -1135,29 +1137,31 @@ fn record_delivered(alerts: &mut Vec<AlertRecord>, record: AlertRecord) {
 /// retries over HTTP, as kimup (Go) did. The retry carries no credentials: with a pull secret the
 /// client refuses it (`RegistryError::InsecureCredentials`) unless the operator listed the
 /// registry with `--insecure-registry`, in which case it was reached over HTTP in the first place.
+/// Returns the tags, whether the cache served them, and the mode that reached the registry.
 async fn tags_with_fallback(
     shared: &Shared,
     reference: &ImageRef,
     credential: Option<&Credential>,
     tls: TlsMode,
     image: &Image,
-) -> Result<(Arc<Vec<String>>, bool), SyncError> {
+) -> Result<(Arc<Vec<String>>, bool, TlsMode), SyncError> {
     let span = info_span!("registry.list_tags", registry = %reference.registry, repository = %reference.repository, cache.hit = tracing::field::Empty);
     async {
         let first = shared.tags.tags(reference, credential, tls).await;
-        let out = match first {
+        let (out, used) = match first {
             Err(RegistryError::Network { reason, .. })
                 if image.spec.insecure_skip_tls_verify && looks_like_plain_http(&reason) =>
             {
-                shared
+                let out = shared
                     .tags
                     .tags(reference, credential, TlsMode::PlainHttp)
-                    .await?
+                    .await?;
+                (out, TlsMode::PlainHttp)
             }
-            other => other?,
+            other => (other?, tls),
         };
         tracing::Span::current().record("cache.hit", out.1);
-        Ok(out)
+        Ok((out.0, out.1, used))
     }
     .instrument(span)
     .await

@@ -191,7 +191,7 @@ async fn plain_http_fallback_never_carries_credentials() {
     let client = cluster.client().await.expect("client");
     let ns = env.namespace(0, "fallback").await.expect("namespace");
     let reg = env.plain_registry();
-    for repo in ["fallback/creds", "fallback/anon"] {
+    for repo in ["fallback/creds", "fallback/anon", "fallback/digest"] {
         reg.push_tags(repo, &["1.0.0", "1.3.0"])
             .await
             .expect("push");
@@ -256,6 +256,39 @@ async fn plain_http_fallback_never_carries_credentials() {
         anonymous.message
     );
     assert_eq!(anonymous.tag.as_deref(), Some("1.3.0"));
+
+    // The digest rule's manifest request takes the same fallback as the listing.
+    create_image(
+        &client,
+        &ns,
+        &format!(
+            "apiVersion: kimup.cloudavenue.io/v1alpha1\nkind: Image\nmetadata: {{name: digest}}\nspec:\n  image: {}/fallback/digest\n  baseTag: 1.3.0\n  insecureSkipTLSVerify: true\n  triggers: [{{type: crontab, value: \"@hourly\"}}]\n  rules: [{{name: rebuilt, type: digest, actions: [{{type: apply}}]}}]\n",
+            proxy.host
+        ),
+    )
+    .await;
+    let digest = wait_status(
+        &client,
+        &ns,
+        "digest",
+        Duration::from_secs(60),
+        &kimup,
+        |s| s.result.is_some(),
+    )
+    .await;
+    assert_eq!(
+        digest.result,
+        Some(SyncResult::Success),
+        "{:?}",
+        digest.message
+    );
+    assert!(
+        digest
+            .digest
+            .as_deref()
+            .is_some_and(|d| d.starts_with("sha256:")),
+        "no digest recorded over the fallback: {digest:?}"
+    );
 
     let creds = wait_status(
         &client,
