@@ -1,13 +1,19 @@
 //! Migration from kimup (Go): a `Kimup` resource converted by `kimup migrate kimup-cr` installs
 //! with the real chart (helm lint and template) into the Deployment it described, and kimup
-//! (Go)'s flags get the way over or run.
+//! (Go)'s flags get the way over or run; the README's removal of kimup (Go) keeps every Image.
+
+mod common;
 
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use kimup_testenv::Binaries;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kimup::api::{Image, SyncResult};
+use kimup_testenv::{Binaries, TestEnv};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
+use kube::discovery::ApiResource;
 
 fn fixture() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kimup-cr.yaml")
@@ -258,4 +264,209 @@ fn upstream_switches_and_loglevel_run() {
             "no warning for {flag}: {text}"
         );
     }
+}
+
+/// A CRD under kimup (Go)'s name, group, version and scope. Its schema keeps every field: kimup
+/// (Go)'s generated CRDs are not in the Go module proxy this project builds from, and what the
+/// procedure must prove (objects survive a CRD replacement and another CRD's removal) does not
+/// depend on the schema.
+fn upstream_crd(plural: &str, kind: &str) -> CustomResourceDefinition {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("{plural}.kimup.cloudavenue.io")},
+        "spec": {
+            "group": "kimup.cloudavenue.io",
+            "names": {"kind": kind, "plural": plural, "singular": kind.to_lowercase(),
+                      "listKind": format!("{kind}List")},
+            "scope": "Namespaced",
+            "versions": [{
+                "name": "v1alpha1", "served": true, "storage": true,
+                "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}
+            }]
+        }
+    }))
+    .expect("CRD")
+}
+
+fn resource(kind: &str, plural: &str) -> ApiResource {
+    ApiResource {
+        group: "kimup.cloudavenue.io".into(),
+        version: "v1alpha1".into(),
+        api_version: "kimup.cloudavenue.io/v1alpha1".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
+async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} did not happen within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn removing_kimup_go_keeps_every_image() {
+    let env = TestEnv::builder()
+        .name("migrate")
+        .clusters(1)
+        .registries()
+        .start()
+        .await
+        .expect("test environment");
+    let cluster = &env.clusters[0];
+    let client = cluster.client().await.expect("client");
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    // kimup (Go)'s install: its three CRDs, an Image and an AlertConfig as its docs write them,
+    // and a Kimup.
+    for (plural, kind) in [
+        ("images", "Image"),
+        ("alertconfigs", "AlertConfig"),
+        ("kimups", "Kimup"),
+    ] {
+        crds.create(&PostParams::default(), &upstream_crd(plural, kind))
+            .await
+            .expect("create kimup (Go) CRD");
+    }
+    let ns = env.namespace(0, "kimup-go").await.expect("namespace");
+    let reg = env.plain_registry();
+    reg.push_tags("team/app", &["1.0.0", "1.0.1", "1.1.0"])
+        .await
+        .expect("push");
+    let docs = [
+        (
+            resource("Image", "images"),
+            format!(
+                "apiVersion: kimup.cloudavenue.io/v1alpha1\nkind: Image\nmetadata: {{name: app}}\nspec:\n  image: {}/team/app\n  baseTag: 1.0.0\n  triggers:\n    - type: crontab\n      value: \"00 00 */12 * * *\"\n  rules:\n    - name: Automatic update semver minor\n      type: semver-minor\n      actions:\n        - type: apply\n",
+                reg.host
+            ),
+        ),
+        (
+            resource("AlertConfig", "alertconfigs"),
+            "apiVersion: kimup.cloudavenue.io/v1alpha1\nkind: AlertConfig\nmetadata: {name: demo}\nspec:\n  discord:\n    webhookURL:\n      valueFrom:\n        secretKeyRef: {name: discord, key: url}\n".to_string(),
+        ),
+        (
+            resource("Kimup", "kimups"),
+            std::fs::read_to_string(fixture()).expect("fixture"),
+        ),
+    ];
+    let mut uids = Vec::new();
+    for (ar, yaml) in &docs {
+        wait_for("the kimup (Go) CRDs serve", Duration::from_secs(30), || {
+            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, ar);
+            async move { api.list(&ListParams::default()).await.is_ok() }
+        })
+        .await;
+        let mut obj: DynamicObject = serde_yaml::from_str(yaml).expect("manifest");
+        obj.metadata.namespace = Some(ns.clone());
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, ar);
+        let created = api
+            .create(&PostParams::default(), &obj)
+            .await
+            .expect("create under kimup (Go)'s CRDs");
+        uids.push((
+            ar.clone(),
+            obj.metadata.name.clone().unwrap_or_default(),
+            created.metadata.uid,
+        ));
+    }
+
+    // Step 1: the Kimups become values.
+    let kimups: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &resource("Kimup", "kimups"));
+    let list = kimups
+        .list(&ListParams::default())
+        .await
+        .expect("list kimups");
+    let yaml = serde_yaml::to_string(&serde_json::json!({
+        "apiVersion": "v1", "kind": "List", "items": list.items,
+    }))
+    .expect("yaml");
+    let out = kimup_stdin(&["migrate", "kimup-cr", "-"], &yaml);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("HTTPS_PROXY"),
+        "{}",
+        text(&out.stdout)
+    );
+    kimups
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await
+        .expect("delete kimups");
+
+    // Step 4: kubectl replace -f crds/kimup.yaml, then the Kimup CRD goes.
+    let ours = kimup_testenv::load_crds(&Path::new(env!("CARGO_MANIFEST_DIR")).join("crds"))
+        .expect("crds/");
+    for mut crd in ours.clone() {
+        let name = crd.metadata.name.clone().expect("name");
+        let current = crds.get(&name).await.expect("kimup (Go) CRD exists");
+        crd.metadata.resource_version = current.metadata.resource_version;
+        crds.replace(&name, &PostParams::default(), &crd)
+            .await
+            .expect("replace the CRD");
+    }
+    crds.delete("kimups.kimup.cloudavenue.io", &DeleteParams::default())
+        .await
+        .expect("delete the Kimup CRD");
+    wait_for("the Kimup CRD is gone", Duration::from_secs(60), || {
+        let crds = crds.clone();
+        async move {
+            crds.get_opt("kimups.kimup.cloudavenue.io")
+                .await
+                .is_ok_and(|c| c.is_none())
+        }
+    })
+    .await;
+    for (ar, name, uid) in &uids[..2] {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, ar);
+        let now = api
+            .get(name)
+            .await
+            .unwrap_or_else(|e| panic!("{} {name} lost: {e}", ar.kind));
+        assert_eq!(&now.metadata.uid, uid, "{} {name} was recreated", ar.kind);
+    }
+    // The replaced CRD is ours, whole: kimup's own schema (not merged with the old one).
+    let images_crd = crds
+        .get("images.kimup.cloudavenue.io")
+        .await
+        .expect("Image CRD");
+    let version = &images_crd.spec.versions[0];
+    let schema = version
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .expect("schema");
+    assert_eq!(
+        schema.x_kubernetes_preserve_unknown_fields, None,
+        "the old schema survived"
+    );
+
+    // Step 5: kimup serves the Image kimup (Go) left.
+    let kimup = common::start_kimup(&env, cluster, &ns, &[]);
+    let status = common::wait_status(&client, &ns, "app", Duration::from_secs(60), &kimup, |s| {
+        s.result.is_some()
+    })
+    .await;
+    assert_eq!(
+        status.result,
+        Some(SyncResult::Success),
+        "{:?}",
+        status.message
+    );
+    assert_eq!(status.tag.as_deref(), Some("1.1.0"));
+    let typed: Api<Image> = Api::namespaced(client.clone(), &ns);
+    assert_eq!(
+        typed.get("app").await.expect("Image").metadata.uid,
+        uids[0].2
+    );
 }
