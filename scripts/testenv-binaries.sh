@@ -8,6 +8,7 @@
 #   crane: go-containerregistry's registry CLI, which assembles and pushes kimup's container image
 #          without a daemon, tests/env/tools/crane
 #   jaeger: the Jaeger all-in-one tracing backend (OTLP in, HTTP query API), tests/env/tools/jaeger
+#   promql-check: Prometheus's PromQL parser behind a small main.go, tests/env/tools/promql
 #   docker-registry: Debian's package
 #   aiosmtpd: PyPI, the SMTP server alert tests deliver to
 # Prints the cache directory on stdout's last line. Idempotent; safe to run concurrently is NOT
@@ -26,6 +27,7 @@ helm_dir="$root/tests/env/tools/helm"
 toxiproxy_dir="$root/tests/env/tools/toxiproxy"
 crane_dir="$root/tests/env/tools/crane"
 jaeger_dir="$root/tests/env/tools/jaeger"
+promql_dir="$root/tests/env/tools/promql"
 KUBE_VERSION="$(modver "$kube_dir" k8s.io/kubernetes)"
 ETCD_VERSION="$(modver "$etcd_dir" go.etcd.io/etcd/server/v3)"
 # The collector's core and contrib modules move together (scripts/gen-tools-mod.sh), so the core
@@ -36,8 +38,9 @@ HELM_CLIENT_GO="$(modver "$helm_dir" k8s.io/client-go)"
 TOXIPROXY_VERSION="$(modver "$toxiproxy_dir" github.com/Shopify/toxiproxy/v2)"
 CRANE_VERSION="$(modver "$crane_dir" github.com/google/go-containerregistry)"
 JAEGER_VERSION="$(modver "$jaeger_dir" github.com/jaegertracing/jaeger)"
+PROMETHEUS_VERSION="$(modver "$promql_dir" github.com/prometheus/prometheus)"
 [ -n "$KUBE_VERSION" ] && [ -n "$ETCD_VERSION" ] && [ -n "$OTELCOL_VERSION" ] && [ -n "$HELM_VERSION" ] && [ -n "$HELM_CLIENT_GO" ] \
-  && [ -n "$TOXIPROXY_VERSION" ] && [ -n "$CRANE_VERSION" ] && [ -n "$JAEGER_VERSION" ] \
+  && [ -n "$TOXIPROXY_VERSION" ] && [ -n "$CRANE_VERSION" ] && [ -n "$JAEGER_VERSION" ] && [ -n "$PROMETHEUS_VERSION" ] \
   || { echo "cannot read pinned versions from tests/env/tools/*/go.mod" >&2; exit 1; }
 
 log() { echo "[testenv-binaries] $*" >&2; }
@@ -93,6 +96,10 @@ jv="github.com/jaegertracing/jaeger/internal/version"
 build_go jaeger "$JAEGER_VERSION" "$jaeger_dir" github.com/jaegertracing/jaeger/cmd/jaeger \
   "-s -w -X $jv.latestVersion=$JAEGER_VERSION -X $jv.date=1970-01-01T00:00:00Z" &
 jpid=$!
+# Keyed by the parser's version and a hash of our main.go, which is ours and may change alone.
+PROMQL_KEY="$PROMETHEUS_VERSION-$(sha256sum "$promql_dir/main.go" | cut -c1-12)"
+build_go promql-check "$PROMQL_KEY" "$promql_dir" . "-s -w" &
+ppid_=$!
 fail=0
 wait "$kpid" || fail=1
 wait "$epid" || fail=1
@@ -101,6 +108,7 @@ wait "$hpid" || fail=1
 wait "$tpid" || fail=1
 wait "$cpid" || fail=1
 wait "$jpid" || fail=1
+wait "$ppid_" || fail=1
 [ "$fail" = 0 ] || { echo "building the test control plane binaries failed (see above)" >&2; exit 1; }
 
 if ! command -v docker-registry >/dev/null && [ ! -x /usr/bin/docker-registry ]; then
@@ -127,4 +135,5 @@ ln -sfn "$cache/helm-$HELM_VERSION/helm" "$cache/helm"
 ln -sfn "$cache/toxiproxy-$TOXIPROXY_VERSION/toxiproxy" "$cache/toxiproxy"
 ln -sfn "$cache/crane-$CRANE_VERSION/crane" "$cache/crane"
 ln -sfn "$cache/jaeger-$JAEGER_VERSION/jaeger" "$cache/jaeger"
+ln -sfn "$cache/promql-check-$PROMQL_KEY/promql-check" "$cache/promql-check"
 echo "$cache"

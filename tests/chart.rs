@@ -698,6 +698,67 @@ impl Exposition {
 /// Image, fails one alert delivery and one workload patch, and every metric name in the rendered
 /// rule and dashboard is in its /metrics, with the labels they match on; the alerts on those
 /// failures select its series.
+/// Grafana's template variables and its `label_values(selector, label)` function are not PromQL:
+/// the query Prometheus receives has the variables filled in and only the selector.
+fn as_prometheus_sees_it(query: &str) -> Option<String> {
+    if query == "prometheus" {
+        // The datasource variable's plugin type, not a query.
+        return None;
+    }
+    let q = query
+        .replace("$__rate_interval", "1m")
+        .replace("$namespace", "ops")
+        .replace("$job", "kimup");
+    let label_values =
+        regex::Regex::new(r"^label_values\((.*),\s*[A-Za-z_][A-Za-z0-9_]*\)$").expect("regex");
+    Some(match label_values.captures(&q) {
+        Some(c) => c[1].to_string(),
+        None => q,
+    })
+}
+
+/// Every alert expression and dashboard query parses with Prometheus's own PromQL parser
+/// (syntax and types: `rate` of an instant vector, an unclosed parenthesis, a bad matcher).
+#[test]
+fn alert_and_dashboard_promql_parses() {
+    let (alerts, panel_queries) = monitoring_queries();
+    let mut exprs: Vec<(String, String)> = alerts;
+    exprs.extend(
+        panel_queries
+            .iter()
+            .filter_map(|q| as_prometheus_sees_it(q).map(|e| ("dashboard".to_string(), e))),
+    );
+    assert!(exprs.len() >= 17, "{exprs:?}");
+    let check = |list: &[String]| -> Vec<String> {
+        let bins = Binaries::get().expect("binaries");
+        let mut child = Command::new(&bins.promql_check)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run promql-check");
+        let input = serde_json::to_vec(list).expect("json");
+        std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), &input).expect("write");
+        let out = child.wait_with_output().expect("promql-check output");
+        assert!(out.status.success(), "promql-check failed");
+        serde_json::from_slice(&out.stdout).expect("promql-check answers JSON")
+    };
+    // The checker itself refuses what it must, so a pass below means something.
+    let refused = check(&["rate(kimup_leader)".into(), "sum(kimup_leader".into()]);
+    assert!(refused.iter().all(|e| !e.is_empty()), "{refused:?}");
+    let errors = check(&exprs.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>());
+    let bad: Vec<String> = exprs
+        .iter()
+        .zip(&errors)
+        .filter(|(_, e)| !e.is_empty())
+        .map(|((name, expr), e)| format!("{name}: {expr}: {e}"))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "PromQL that Prometheus refuses:\n{}",
+        bad.join("\n")
+    );
+}
+
 #[tokio::test]
 async fn alerts_and_dashboard_use_metrics_kimup_exports() {
     let (alerts, panel_queries) = monitoring_queries();

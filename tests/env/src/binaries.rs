@@ -25,6 +25,8 @@ pub struct Binaries {
     pub crane: PathBuf,
     /// Jaeger all-in-one (OTLP receiver, query API) built from its Go module.
     pub jaeger: PathBuf,
+    /// Prometheus's PromQL parser behind tests/env/tools/promql/main.go.
+    pub promql_check: PathBuf,
 }
 
 /// The repository root (two levels above this crate).
@@ -68,6 +70,7 @@ impl Binaries {
             toxiproxy: cache.join("toxiproxy"),
             crane: cache.join("crane"),
             jaeger: cache.join("jaeger"),
+            promql_check: cache.join("promql-check"),
         };
         let built = [
             &bins.kube_apiserver,
@@ -77,6 +80,7 @@ impl Binaries {
             &bins.toxiproxy,
             &bins.crane,
             &bins.jaeger,
+            &bins.promql_check,
         ];
         (built.iter().all(|p| p.exists()) && python().is_ok()).then_some(bins)
     }
