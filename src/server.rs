@@ -386,12 +386,14 @@ async fn webhook(
     // Only an accepted push gets a span: refused requests are counted, not traced, so that
     // nobody can fill the trace store without the secret.
     let (repositories, tags) = summary(&events);
+    // i64: tracing-opentelemetry exports unsigned fields as strings.
+    let images = i64::try_from(state.health.images_triggered(&events)).unwrap_or(i64::MAX);
     let span = info_span!(
         "webhook.push",
         source = kind.name(),
         repository = %repositories,
         tags = %tags,
-        images = state.health.images_triggered(&events),
+        images,
     );
     let cause = crate::telemetry::span_context(&span);
     async {
