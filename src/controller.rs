@@ -18,6 +18,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
+use opentelemetry::trace::SpanContext;
 use serde_json::json;
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, instrument, warn};
@@ -26,6 +27,7 @@ use crate::actions::apply::FIELD_MANAGER;
 use crate::api::{ANNOTATION_ACTION, ANNOTATION_TAG, Image, ImageStatus, TriggerType};
 use crate::leader::Leadership;
 use crate::sync::{self, Scope, Shared, SyncReport, TriggerReason};
+use crate::triggers::webhook::RepoEvent;
 use crate::workloads::{self, Workloads};
 
 /// Errors that make the controller retry an Image later, with per-object backoff.
@@ -76,8 +78,9 @@ struct Memory {
     /// because the Image's own status (observedGeneration) may not be written back yet when the
     /// watch event of our annotation patch arrives.
     last_run: HashMap<String, LastRun>,
-    /// Images a registry webhook asked to sync.
-    pushed: HashSet<String>,
+    /// Images a registry webhook asked to sync, with the `webhook.push` spans that asked (none
+    /// when traces are off): the sync links to them.
+    pushed: HashMap<String, Vec<SpanContext>>,
     /// Statuses computed but not written yet (the write failed): the next reconcile starts from
     /// them, not from the stale status on the object.
     unwritten: HashMap<String, ImageStatus>,
@@ -156,12 +159,25 @@ impl ClusterContext {
         self.with_memory(|m| m.last_run.insert(uid.to_string(), run));
     }
 
-    fn mark_pushed(&self, uid: &str) {
-        self.with_memory(|m| m.pushed.insert(uid.to_string()));
+    fn mark_pushed(&self, uid: &str, cause: Option<&SpanContext>) {
+        self.with_memory(|m| {
+            let causes = m.pushed.entry(uid.to_string()).or_default();
+            if let Some(cause) = cause
+                && !causes.contains(cause)
+            {
+                // Pushes that pile up while a sync runs are answered by the next one; its links
+                // keep the newest.
+                if causes.len() >= MAX_CAUSES {
+                    causes.remove(0);
+                }
+                causes.push(cause.clone());
+            }
+        });
     }
 
-    fn take_pushed(&self, uid: &str) -> bool {
-        self.with_memory(|m| m.pushed.remove(uid)).unwrap_or(false)
+    /// The pushes waiting for this Image's next sync (their spans), once; None when none.
+    fn take_pushed(&self, uid: &str) -> Option<Vec<SpanContext>> {
+        self.with_memory(|m| m.pushed.remove(uid)).flatten()
     }
 
     fn unwritten(&self, uid: &str) -> Option<ImageStatus> {
@@ -202,7 +218,7 @@ impl ClusterContext {
     fn retain(&self, live: &HashSet<String>) {
         self.with_memory(|m| {
             m.last_run.retain(|uid, _| live.contains(uid));
-            m.pushed.retain(|uid| live.contains(uid));
+            m.pushed.retain(|uid, _| live.contains(uid));
             m.unwritten.retain(|uid, _| live.contains(uid));
             m.known.retain(|uid, _| live.contains(uid));
             m.failures.retain(|uid, _| live.contains(uid));
@@ -220,6 +236,20 @@ impl ClusterContext {
             m.known.clear();
         });
     }
+}
+
+/// Webhook spans one sync links to at most.
+const MAX_CAUSES: usize = 16;
+
+/// Whether a push announced by a webhook makes `image` sync: it has a webhook trigger and
+/// watches the pushed repository (pure).
+pub fn triggered_by(image: &Image, event: &RepoEvent) -> bool {
+    image
+        .spec
+        .triggers
+        .iter()
+        .any(|t| t.type_ == TriggerType::Webhook)
+        && sync::image_ref(image).is_ok_and(|r| crate::triggers::webhook::matches(event, &r))
 }
 
 /// Backoff of the `n`th consecutive failed reconcile of one Image: 1 s doubling to 5 min.
@@ -408,7 +438,7 @@ fn pushed_images(
     futures::stream::unfold(rx, |mut rx| async move {
         loop {
             match rx.recv().await {
-                Ok(event) => return Some((event, rx)),
+                Ok(push) => return Some((push, rx)),
                 // Missed pushes are seen at the Images' next trigger; keep listening.
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     warn!(missed = n, "webhook pushes dropped: controller too slow");
@@ -417,21 +447,13 @@ fn pushed_images(
             }
         }
     })
-    .flat_map(move |event| {
+    .flat_map(move |push| {
         let matching: Vec<ObjectRef<Image>> = store
             .state()
             .into_iter()
-            .filter(|img| {
-                img.spec
-                    .triggers
-                    .iter()
-                    .any(|t| t.type_ == TriggerType::Webhook)
-            })
-            .filter(|img| {
-                sync::image_ref(img).is_ok_and(|r| crate::triggers::webhook::matches(&event, &r))
-            })
+            .filter(|img| triggered_by(img, &push.event))
             .filter_map(|img| {
-                ctx.mark_pushed(&img.uid()?);
+                ctx.mark_pushed(&img.uid()?, push.cause.as_ref());
                 Some(ObjectRef::from_obj(img.as_ref()))
             })
             .collect();
@@ -491,13 +513,16 @@ async fn reconcile(image: Arc<Image>, ctx: Arc<ClusterContext>) -> Result<Action
     let others = images.state();
     let conflict = sync::conflicting(&image, others.iter().map(|i| i.as_ref()));
     let now = Utc::now();
+    let pushed = ctx.take_pushed(&uid);
     let planned = plan(
         &image,
         ctx.last_run(&uid),
-        ctx.take_pushed(&uid),
+        pushed.is_some(),
         conflict.is_some(),
         now,
     );
+    // A push always plans a sync: this trace is what the webhook requests caused.
+    crate::telemetry::link_causes(&tracing::Span::current(), pushed.into_iter().flatten());
     let may_write = || ctx.leading();
     let scope = Scope {
         workloads,
@@ -878,16 +903,65 @@ spec:
         };
         ctx.set_last_run("a", run);
         ctx.set_last_run("b", run);
-        ctx.mark_pushed("b");
+        ctx.mark_pushed("b", None);
         ctx.retain(&["a".to_string()].into());
         assert_eq!(ctx.last_run("a"), Some(run));
         assert_eq!(ctx.last_run("b"), None);
-        assert!(!ctx.take_pushed("b"), "deleted Image's push forgotten");
-        ctx.mark_pushed("a");
-        assert!(ctx.take_pushed("a"));
-        assert!(!ctx.take_pushed("a"), "a push is taken once");
+        assert_eq!(ctx.take_pushed("b"), None, "deleted Image's push forgotten");
+        ctx.mark_pushed("a", None);
+        assert_eq!(ctx.take_pushed("a"), Some(vec![]), "a push without traces");
+        assert_eq!(ctx.take_pushed("a"), None, "a push is taken once");
+        // Every push's span is kept once, the newest when too many wait.
+        let span = |n: u8| {
+            SpanContext::new(
+                opentelemetry::trace::TraceId::from_bytes([n; 16]),
+                opentelemetry::trace::SpanId::from_bytes([n; 8]),
+                opentelemetry::trace::TraceFlags::SAMPLED,
+                false,
+                Default::default(),
+            )
+        };
+        ctx.mark_pushed("a", Some(&span(1)));
+        ctx.mark_pushed("a", Some(&span(1)));
+        ctx.mark_pushed("a", None);
+        ctx.mark_pushed("a", Some(&span(2)));
+        assert_eq!(ctx.take_pushed("a"), Some(vec![span(1), span(2)]));
+        for n in 1..=(MAX_CAUSES as u8 + 2) {
+            ctx.mark_pushed("a", Some(&span(n)));
+        }
+        let kept = ctx.take_pushed("a").expect("pushed");
+        assert_eq!(kept.len(), MAX_CAUSES);
+        assert_eq!(kept.first(), Some(&span(3)));
+        assert_eq!(kept.last(), Some(&span(MAX_CAUSES as u8 + 2)));
         ctx.forget_all();
         assert_eq!(ctx.last_run("a"), None);
+    }
+
+    #[test]
+    fn a_push_triggers_images_with_a_webhook_trigger_for_its_repository() {
+        let hooked = image(&BASE.replace(
+            r#"[{type: crontab, value: "0 */5 * * * *"}]"#,
+            "[{type: webhook}]",
+        ));
+        let push = |registry: Option<&str>, repository: &str| RepoEvent {
+            registry: registry.map(str::to_string),
+            repository: repository.to_string(),
+            tag: None,
+        };
+        assert!(triggered_by(
+            &hooked,
+            &push(Some("docker.io"), "library/nginx")
+        ));
+        assert!(triggered_by(&hooked, &push(None, "library/nginx")));
+        assert!(!triggered_by(
+            &hooked,
+            &push(Some("quay.io"), "library/nginx")
+        ));
+        assert!(!triggered_by(&hooked, &push(None, "library/other")));
+        assert!(
+            !triggered_by(&image(BASE), &push(None, "library/nginx")),
+            "a crontab-only Image waits for its schedule"
+        );
     }
 
     #[test]

@@ -17,11 +17,11 @@ use axum::routing::{get, post};
 use chrono::{DateTime, SecondsFormat, Utc};
 use kube::runtime::reflector::Store;
 use serde::Serialize;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::api::Image;
 use crate::sync::Shared;
-use crate::triggers::webhook::{AuthError, Source, authenticate, parse};
+use crate::triggers::webhook::{AuthError, Push, RepoEvent, Source, authenticate, parse, summary};
 pub use webhook_auth::{
     FailureLimiter, FailureLimits, SECRETS_RELOAD, SecretFlag, Verdict, WebhookArgs, WebhookAuth,
 };
@@ -137,6 +137,28 @@ impl Health {
         store.is_some_and(|s| {
             futures::FutureExt::now_or_never(s.wait_until_ready()).is_some_and(|r| r.is_ok())
         })
+    }
+
+    /// How many Images, over every member cluster's watch cache, `events` make sync (each
+    /// counted once).
+    pub fn images_triggered(&self, events: &[RepoEvent]) -> usize {
+        let stores: Vec<Store<Image>> = match self.clusters.read() {
+            Ok(m) => m.values().filter_map(|e| e.images.clone()).collect(),
+            Err(p) => p
+                .into_inner()
+                .values()
+                .filter_map(|e| e.images.clone())
+                .collect(),
+        };
+        stores
+            .iter()
+            .flat_map(|s| s.state())
+            .filter(|img| {
+                events
+                    .iter()
+                    .any(|e| crate::controller::triggered_by(img, e))
+            })
+            .count()
     }
 
     /// Forgets a removed cluster.
@@ -361,16 +383,36 @@ async fn webhook(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return r;
     }
-    for event in &events {
-        state
-            .shared
-            .tags
-            .invalidate(event.registry.as_deref(), &event.repository)
-            .await;
-        info!(source = kind.name(), registry = event.registry.as_deref().unwrap_or("*"), repository = %event.repository, tag = event.tag.as_deref().unwrap_or(""), "registry push announced");
-        // No receiver means no cluster is running yet; the start-up sync will see the push.
-        let _ = state.shared.pushes.send(event.clone());
+    // Only an accepted push gets a span: refused requests are counted, not traced, so that
+    // nobody can fill the trace store without the secret.
+    let (repositories, tags) = summary(&events);
+    // i64: tracing-opentelemetry exports unsigned fields as strings.
+    let images = i64::try_from(state.health.images_triggered(&events)).unwrap_or(i64::MAX);
+    let span = info_span!(
+        "webhook.push",
+        source = kind.name(),
+        repository = %repositories,
+        tags = %tags,
+        images,
+    );
+    let cause = crate::telemetry::span_context(&span);
+    async {
+        for event in &events {
+            state
+                .shared
+                .tags
+                .invalidate(event.registry.as_deref(), &event.repository)
+                .await;
+            info!(source = kind.name(), registry = event.registry.as_deref().unwrap_or("*"), repository = %event.repository, tag = event.tag.as_deref().unwrap_or(""), "registry push announced");
+            // No receiver means no cluster is running yet; the start-up sync will see the push.
+            let _ = state.shared.pushes.send(Push {
+                event: event.clone(),
+                cause: cause.clone(),
+            });
+        }
     }
+    .instrument(span)
+    .await;
     crate::metrics::webhook(kind.name(), "accepted");
     text(
         StatusCode::ACCEPTED,

@@ -249,8 +249,9 @@ pub struct Shared {
     pub http: reqwest::Client,
     /// Whether this replica may act; each cluster's controller asks it before every write.
     pub leadership: crate::leader::Leadership,
-    /// Registry pushes announced by webhooks, fanned out to every cluster's controller.
-    pub pushes: tokio::sync::broadcast::Sender<crate::triggers::webhook::RepoEvent>,
+    /// Registry pushes announced by webhooks, with the span that announced each, fanned out to
+    /// every cluster's controller.
+    pub pushes: tokio::sync::broadcast::Sender<crate::triggers::webhook::Push>,
 }
 
 /// Validates the Image's triggers and returns its cron schedules (pure).

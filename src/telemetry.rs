@@ -1,8 +1,9 @@
 //! Logs, and trace export over OTLP when the standard `OTEL_EXPORTER_OTLP_*` variables ask for it.
 
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::{SpanContext, TraceContextExt as _, TracerProvider as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
@@ -105,4 +106,83 @@ pub fn init(format: LogFormat, level: &str) -> Result<TelemetryGuard, TelemetryE
         .try_init()
         .map_err(|e| TelemetryError::Init(e.to_string()))?;
     Ok(TelemetryGuard { provider })
+}
+
+/// The OpenTelemetry identity of `span` when it is exported, None otherwise (no OTLP endpoint, or
+/// a span the export filter drops): what the work it causes elsewhere links back to.
+pub fn span_context(span: &tracing::Span) -> Option<SpanContext> {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then_some(sc)
+}
+
+/// Links `span` to the spans that caused it. A link, not a parent: each cause (a webhook request)
+/// has its own trace, and one cause may start several traces (a sync per Image and cluster).
+pub fn link_causes(span: &tracing::Span, causes: impl IntoIterator<Item = SpanContext>) {
+    for cause in causes {
+        span.add_link(cause);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
+    use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+    use std::sync::{Arc, Mutex};
+    use tracing::info_span;
+
+    /// Keeps what it is given (the SDK's in-memory exporter needs its `testing` feature, which
+    /// brings metrics and logs into the build).
+    #[derive(Clone, Debug, Default)]
+    struct Recorder(Arc<Mutex<Vec<SpanData>>>);
+
+    impl SpanExporter for Recorder {
+        async fn export(&self, batch: Vec<SpanData>) -> opentelemetry_sdk::error::OTelSdkResult {
+            if let Ok(mut spans) = self.0.lock() {
+                spans.extend(batch);
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_cause_becomes_a_link_of_the_span_it_caused() {
+        let exporter = Recorder::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let cause = SpanContext::new(
+            TraceId::from_bytes([1; 16]),
+            SpanId::from_bytes([2; 8]),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let push = info_span!("webhook.push");
+            let seen = span_context(&push).expect("an exported span has a context");
+            assert!(seen.is_valid());
+            drop(push);
+            let sync = info_span!("reconcile");
+            link_causes(&sync, [cause.clone()]);
+        });
+        let spans = exporter.0.lock().expect("recorder lock").clone();
+        let sync = spans
+            .iter()
+            .find(|s| s.name == "reconcile")
+            .expect("reconcile exported");
+        let linked: Vec<&SpanContext> = sync.links.iter().map(|l| &l.span_context).collect();
+        assert_eq!(linked, vec![&cause]);
+    }
+
+    #[test]
+    fn without_export_there_is_nothing_to_link() {
+        let subscriber = tracing_subscriber::registry();
+        tracing::subscriber::with_default(subscriber, || {
+            assert_eq!(span_context(&info_span!("webhook.push")), None);
+        });
+    }
 }

@@ -20,6 +20,46 @@ pub struct RepoEvent {
     pub tag: Option<String>,
 }
 
+/// A push on its way from the webhook endpoint to every cluster's controller.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Push {
+    /// What the registry announced.
+    pub event: RepoEvent,
+    /// The `webhook.push` span that announced it, when traces are exported: the syncs it causes
+    /// link back to it.
+    pub cause: Option<opentelemetry::trace::SpanContext>,
+}
+
+/// Repositories and tags named in a span field at most: a payload may announce many pushes.
+const SUMMARY_ITEMS: usize = 10;
+
+/// The distinct repositories (`registry/repository` when the registry is known) and tags of
+/// `events`, each joined with `, ` in payload order and cut after ten with `(+N more)` (pure).
+pub fn summary(events: &[RepoEvent]) -> (String, String) {
+    let repositories = distinct(events.iter().map(|e| match &e.registry {
+        Some(r) => format!("{r}/{}", e.repository),
+        None => e.repository.clone(),
+    }));
+    let tags = distinct(events.iter().filter_map(|e| e.tag.clone()));
+    (repositories, tags)
+}
+
+fn distinct(items: impl Iterator<Item = String>) -> String {
+    let mut seen: Vec<String> = Vec::new();
+    for item in items {
+        if !seen.contains(&item) {
+            seen.push(item);
+        }
+    }
+    let more = seen.len().saturating_sub(SUMMARY_ITEMS);
+    seen.truncate(SUMMARY_ITEMS);
+    let mut out = seen.join(", ");
+    if more > 0 {
+        out.push_str(&format!(" (+{more} more)"));
+    }
+    out
+}
+
 /// Payload sources, as in `/webhooks/{source}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Source {
@@ -933,6 +973,31 @@ mod tests {
         for source in Source::ALL {
             assert_eq!(source.name().parse::<Source>(), Ok(source));
         }
+    }
+
+    #[test]
+    fn summaries_are_distinct_and_bounded() {
+        let events = vec![
+            ev(Some("127.0.0.1:5000"), "team/app", Some("1.0")),
+            ev(Some("127.0.0.1:5000"), "team/app", Some("latest")),
+            ev(None, "team/app", Some("1.0")),
+            ev(Some("quay.io"), "org/x", None),
+        ];
+        assert_eq!(
+            summary(&events),
+            (
+                "127.0.0.1:5000/team/app, team/app, quay.io/org/x".to_string(),
+                "1.0, latest".to_string()
+            )
+        );
+        assert_eq!(summary(&[]), (String::new(), String::new()));
+        let many: Vec<RepoEvent> = (0..25)
+            .map(|i| ev(None, &format!("r/{i}"), Some(&i.to_string())))
+            .collect();
+        let (repos, tags) = summary(&many);
+        assert!(repos.starts_with("r/0, r/1, "), "{repos}");
+        assert!(repos.ends_with("r/9 (+15 more)"), "{repos}");
+        assert!(tags.ends_with("9 (+15 more)"), "{tags}");
     }
 
     #[test]

@@ -23,7 +23,8 @@ pub struct Binaries {
     pub toxiproxy: PathBuf,
     /// crane (go-containerregistry), which assembles and pushes the container image.
     pub crane: PathBuf,
-    /// Jaeger all-in-one (OTLP receiver, query API) built from its Go module.
+    /// Jaeger all-in-one (OTLP receiver, query API) built from its Go module, or the binary
+    /// `KIMUP_JAEGER` names (a Jaeger release, whose UI is embedded).
     pub jaeger: PathBuf,
     /// Prometheus's PromQL parser behind tests/env/tools/promql/main.go.
     pub promql_check: PathBuf,
@@ -35,6 +36,17 @@ pub fn repo_root() -> PathBuf {
         .join("../..")
         .canonicalize()
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+}
+
+/// Variable naming a Jaeger binary to run instead of the one built from the Go module: a release
+/// binary (`jaeger-2.x-linux-amd64.tar.gz`) embeds the UI, which the module cannot build.
+pub const JAEGER_OVERRIDE: &str = "KIMUP_JAEGER";
+
+/// The Jaeger binary `KIMUP_JAEGER` names, if set.
+fn jaeger_override() -> Option<PathBuf> {
+    std::env::var_os(JAEGER_OVERRIDE)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
 }
 
 /// Where built binaries are cached, keyed by version below it.
@@ -69,7 +81,7 @@ impl Binaries {
             helm: cache.join("helm"),
             toxiproxy: cache.join("toxiproxy"),
             crane: cache.join("crane"),
-            jaeger: cache.join("jaeger"),
+            jaeger: jaeger_override().unwrap_or_else(|| cache.join("jaeger")),
             promql_check: cache.join("promql-check"),
         };
         let built = [
@@ -86,6 +98,15 @@ impl Binaries {
     }
 
     fn locate_or_build() -> Result<Binaries> {
+        if let Some(path) = jaeger_override()
+            && !path.is_file()
+        {
+            bail!(
+                "{JAEGER_OVERRIDE}={} is not a file: point it at the `jaeger` binary of a Jaeger \
+                 release, or unset it to use the one built from the Go module",
+                path.display()
+            );
+        }
         if let Some(bins) = Self::locate() {
             return Ok(bins);
         }
@@ -107,7 +128,7 @@ impl Binaries {
         }
         Self::locate().with_context(|| {
             format!(
-                "{} succeeded but kube-apiserver/etcd/otelcol/helm/toxiproxy/crane/jaeger are not in {} or \
+                "{} succeeded but kube-apiserver/etcd/otelcol/helm/toxiproxy/crane/jaeger/promql-check are not in {} or \
                  docker-registry is not on PATH",
                 script.display(),
                 cache_dir().display()

@@ -12,6 +12,7 @@ pub mod binaries;
 pub mod certs;
 pub mod cluster;
 pub mod httpfault;
+pub mod jaeger;
 pub mod process;
 pub mod registry;
 pub mod sinks;
@@ -28,6 +29,7 @@ use kube::api::{Api, ObjectMeta, PostParams};
 
 pub use binaries::Binaries;
 pub use cluster::{AuditEvent, Cluster, Etcd};
+pub use jaeger::{Jaeger, JaegerPorts};
 pub use registry::{BasicAuth, Registry};
 pub use sinks::{Collector, HttpSink, SmtpServer};
 pub use toxiproxy::Toxiproxy;
@@ -67,6 +69,7 @@ pub struct Builder {
     keep_data: bool,
     audit_log: bool,
     toxiproxy: bool,
+    jaeger: bool,
 }
 
 impl Builder {
@@ -86,6 +89,13 @@ impl Builder {
     /// registries or API servers.
     pub fn toxiproxy(mut self) -> Self {
         self.toxiproxy = true;
+        self
+    }
+
+    /// Start a Jaeger (`TestEnv::jaeger`) on free loopback ports, to export kimup's traces to and
+    /// read them back through its HTTP query API.
+    pub fn jaeger(mut self) -> Self {
+        self.jaeger = true;
         self
     }
 
@@ -138,6 +148,8 @@ pub struct TestEnv {
     pub etcd: Option<Etcd>,
     /// The Toxiproxy server, when requested.
     pub toxiproxy: Option<Toxiproxy>,
+    /// Jaeger, when requested.
+    pub jaeger: Option<Jaeger>,
     /// Folder with `logs/` and `data/` of this run, under `target/testenv/`.
     pub run_dir: PathBuf,
     keep_data: bool,
@@ -177,6 +189,7 @@ impl TestEnv {
             registries: Vec::new(),
             etcd: None,
             toxiproxy: None,
+            jaeger: None,
             run_dir: run_dir.clone(),
             keep_data: b.keep_data,
         };
@@ -217,6 +230,9 @@ impl TestEnv {
         if b.toxiproxy {
             env.toxiproxy = Some(Toxiproxy::start(bins, &logs).await.with_context(ctx)?);
         }
+        if b.jaeger {
+            env.jaeger = Some(Jaeger::start(&data, &logs).await.with_context(ctx)?);
+        }
         Ok(env)
     }
 
@@ -225,6 +241,13 @@ impl TestEnv {
         self.toxiproxy
             .as_ref()
             .expect("TestEnv::builder().toxiproxy() was not called")
+    }
+
+    /// Jaeger; panics when the builder did not ask for it.
+    pub fn jaeger(&self) -> &Jaeger {
+        self.jaeger
+            .as_ref()
+            .expect("TestEnv::builder().jaeger() was not called")
     }
 
     /// The plain-HTTP registry.
@@ -297,6 +320,7 @@ impl Drop for TestEnv {
         }
         // Stop processes before removing their data directories.
         self.toxiproxy = None;
+        self.jaeger = None;
         self.registries.clear();
         self.clusters.clear();
         self.etcd = None;

@@ -1,6 +1,7 @@
-//! Local demo: starts two clusters and the registries on loopback, writes their kubeconfigs to
-//! `kubeconfigs/local/`, creates a demo app in each cluster and runs kimup against them, printing
-//! what kimup does as new tags are pushed. Stops on Ctrl-C, or after `--seconds N`.
+//! Local demo: starts two clusters, the registries and Jaeger on loopback, writes the clusters'
+//! kubeconfigs to `kubeconfigs/local/`, creates a demo app in each cluster and runs kimup against
+//! them with its traces in Jaeger, printing what kimup does as new tags are pushed. Stops on
+//! Ctrl-C, or after `--seconds N`.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -8,7 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
-use kimup_testenv::process::Process;
+use kimup_testenv::binaries::JAEGER_OVERRIDE;
+use kimup_testenv::jaeger::{self, Jaeger, JaegerPorts};
+use kimup_testenv::process::{Process, free_port};
 use kimup_testenv::{TestEnv, binaries::repo_root, target_dir};
 use kube::api::{Api, DynamicObject, GroupVersionKind, PostParams};
 use kube::discovery::ApiResource;
@@ -17,13 +20,20 @@ struct Args {
     clusters: usize,
     seconds: Option<u64>,
     kimup: PathBuf,
+    otlp_port: u16,
+    jaeger_port: u16,
 }
+
+/// The demo's webhook token (loopback only).
+const WEBHOOK_TOKEN: &str = "localenv-webhook-token";
 
 fn args() -> Result<Args> {
     let mut out = Args {
         clusters: 2,
         seconds: None,
         kimup: target_dir().join("debug/kimup"),
+        otlp_port: jaeger::OTLP_PORT,
+        jaeger_port: jaeger::QUERY_PORT,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -31,8 +41,14 @@ fn args() -> Result<Args> {
             "--clusters" => out.clusters = it.next().context("--clusters N")?.parse()?,
             "--seconds" => out.seconds = Some(it.next().context("--seconds N")?.parse()?),
             "--kimup" => out.kimup = PathBuf::from(it.next().context("--kimup PATH")?),
+            "--otlp-port" => out.otlp_port = it.next().context("--otlp-port N")?.parse()?,
+            "--jaeger-port" => out.jaeger_port = it.next().context("--jaeger-port N")?.parse()?,
             "-h" | "--help" => {
-                println!("kimup-localenv [--clusters N] [--seconds N] [--kimup PATH]");
+                println!(
+                    "kimup-localenv [--clusters N] [--seconds N] [--kimup PATH] [--otlp-port N] [--jaeger-port N]\n\
+                     Jaeger listens on 127.0.0.1: OTLP/HTTP on --otlp-port (4318), UI and API on\n\
+                     --jaeger-port (16686). {JAEGER_OVERRIDE}=/path/to/jaeger runs a Jaeger release binary (with its UI)."
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (see --help)"),
@@ -41,7 +57,22 @@ fn args() -> Result<Args> {
     if !out.kimup.exists() {
         bail!("{} not found: run `cargo build` first", out.kimup.display());
     }
+    port_free(out.otlp_port, "Jaeger's OTLP/HTTP receiver", "--otlp-port")?;
+    port_free(out.jaeger_port, "Jaeger's UI and API", "--jaeger-port")?;
     Ok(out)
+}
+
+/// Fails, naming the port and the flag that moves it, when `port` is taken on 127.0.0.1 (by
+/// another Jaeger or collector, most likely): checked before anything starts.
+fn port_free(port: u16, what: &str, flag: &str) -> Result<()> {
+    std::net::TcpListener::bind(("127.0.0.1", port))
+        .map(drop)
+        .with_context(|| {
+            format!(
+                "port {port} on 127.0.0.1, for {what}, is taken (another Jaeger or collector?): \
+                 stop what listens there, or choose another port with {flag} N"
+            )
+        })
 }
 
 #[tokio::main]
@@ -80,6 +111,29 @@ async fn main() -> Result<()> {
         "  registry {} with demo/web tags 1.0.0 1.0.1 1.1.0 2.0.0",
         reg.base_url()
     );
+    let ports = JaegerPorts {
+        otlp: args.otlp_port,
+        query: args.jaeger_port,
+        grpc: free_port()?,
+    };
+    let jaeger = Jaeger::start_on(&env.run_dir.join("data"), &env.log_dir(), ports).await?;
+    let ui = format!("http://localhost:{}", ports.query);
+    println!(
+        "  Jaeger: OTLP/HTTP on 127.0.0.1:{}, the demo's traces at {ui}/search?service=kimup",
+        ports.otlp
+    );
+    println!("    same traces as JSON: {ui}/api/traces?service=kimup");
+    match std::env::var_os(JAEGER_OVERRIDE) {
+        Some(path) => println!(
+            "    ({JAEGER_OVERRIDE}={}: a release binary serves the UI)",
+            PathBuf::from(path).display()
+        ),
+        None => println!(
+            "    this Jaeger is built from its Go module, without the UI: {ui} shows Jaeger's \
+             placeholder page, the API works; for the UI run {JAEGER_OVERRIDE}=/path/to/jaeger \
+             (from a Jaeger release, jaeger-2.13.0-linux-amd64.tar.gz)"
+        ),
+    }
 
     for c in &env.clusters {
         let client = c.client().await?;
@@ -106,7 +160,7 @@ async fn main() -> Result<()> {
         let mut img = DynamicObject::new("web", &ar);
         img.data = serde_json::json!({"spec": {
             "image": image, "baseTag": "1.0.0",
-            "triggers": [{"type": "crontab", "value": "*/5 * * * * *"}],
+            "triggers": [{"type": "crontab", "value": "*/5 * * * * *"}, {"type": "webhook"}],
             "rules": [{"name": "minor-updates", "type": "semver-minor", "actions": [{"type": "apply"}]}]
         }});
         Api::<DynamicObject>::namespaced_with(client, "demo", &ar)
@@ -114,20 +168,38 @@ async fn main() -> Result<()> {
             .await?;
     }
     println!(
-        "  created namespace demo, Deployment web ({image}:1.0.0) and Image web (semver-minor, every 5 s) in each cluster\n"
+        "  created namespace demo, Deployment web ({image}:1.0.0) and Image web (semver-minor, every 5 s and on webhook pushes) in each cluster\n"
     );
 
     // One kimup for every cluster: it serves each kubeconfig of the folder as a member cluster.
     // A short tag cache TTL so the demo's push shows within seconds (production default: 60 s).
+    let kimup_port = free_port()?;
     let kimup_args = vec![
         "run".to_string(),
         format!("--kubeconfig-dir={}", kc_dir.display()),
-        "--listen-addr=127.0.0.1:0".to_string(),
+        format!("--listen-addr=127.0.0.1:{kimup_port}"),
         format!("--insecure-registry={}", reg.host),
         "--tag-cache-ttl=4s".to_string(),
     ];
-    let kimup = Process::spawn("kimup", &args.kimup, &kimup_args, &env.log_dir())?;
-    println!("$ kimup {}", kimup_args.join(" "));
+    let kimup_env = [
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
+            jaeger.otlp_endpoint(),
+        ),
+        ("KIMUP_WEBHOOK_TOKEN".to_string(), WEBHOOK_TOKEN.to_string()),
+    ];
+    let kimup = Process::spawn_with_env(
+        "kimup",
+        &args.kimup,
+        &kimup_args,
+        &kimup_env,
+        &env.log_dir(),
+    )?;
+    println!(
+        "$ OTEL_EXPORTER_OTLP_ENDPOINT={} KIMUP_WEBHOOK_TOKEN=... kimup {}",
+        jaeger.otlp_endpoint(),
+        kimup_args.join(" ")
+    );
     println!(
         "kimup running (logs in {}); Ctrl-C to stop\n",
         env.log_dir().display()
@@ -135,6 +207,7 @@ async fn main() -> Result<()> {
 
     let started = Instant::now();
     let mut pushed = false;
+    let mut push_trace_shown = false;
     loop {
         for c in &env.clusters {
             // A frozen or restarting API server is part of what the demo shows: report it and
@@ -146,11 +219,30 @@ async fn main() -> Result<()> {
             };
             println!("[{:>3}s] {}: {line}", started.elapsed().as_secs(), c.name);
         }
+        if pushed && !push_trace_shown {
+            // The push's span, once Jaeger has it (kimup exports every 5 s).
+            if let Ok(traces) = jaeger.traces("kimup", Some("webhook.push"), 1).await
+                && let Some(t) = traces.first()
+            {
+                println!(
+                    "--- the push in Jaeger: {ui}/api/traces/{} (the syncs it caused link to it: FOLLOWS_FROM) ---",
+                    t.trace_id
+                );
+                push_trace_shown = true;
+            }
+        }
         if !pushed && started.elapsed() > Duration::from_secs(12) {
             match reg.push_tags("demo/web", &["1.2.0"]).await {
                 Ok(()) => {
+                    let told = notify(kimup_port, &format!("{image}:1.2.0")).await;
                     println!(
-                        "--- pushed demo/web:1.2.0; kimup picks it up at the next crontab tick ---"
+                        "--- pushed demo/web:1.2.0 and {} ---",
+                        match told {
+                            Ok(()) => "told kimup (POST /webhooks/generic): it syncs now".into(),
+                            Err(e) => format!(
+                                "could not tell kimup ({e:#}): it picks the tag up at the next crontab tick"
+                            ),
+                        }
                     );
                     pushed = true;
                 }
@@ -169,10 +261,26 @@ async fn main() -> Result<()> {
         }
     }
     drop(kimup);
+    drop(jaeger);
     println!(
-        "stopped; kubeconfigs stay in {} until the next run",
+        "stopped (Jaeger kept its traces in memory: they are gone); kubeconfigs stay in {} until the next run",
         kc_dir.display()
     );
+    Ok(())
+}
+
+/// Announces a push to kimup as a registry's webhook would.
+async fn notify(port: u16, reference: &str) -> Result<()> {
+    let r = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/webhooks/generic"))
+        .bearer_auth(WEBHOOK_TOKEN)
+        .body(serde_json::json!({ "image": reference }).to_string())
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("kimup answered {}", r.status());
+    }
     Ok(())
 }
 
