@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -538,11 +538,62 @@ async fn run(
             outcomes: outcomes.as_deref(),
         },
     );
+    let status = keep_time_if_unchanged(status, previous, now, heartbeat(image, now));
     SyncReport {
         status,
         events,
         workloads: outcomes.unwrap_or_default(),
     }
+}
+
+/// Unchanged syncs write at most once in this many (the heartbeat of `status.time`).
+pub const HEARTBEAT_SYNCS: u32 = 10;
+/// The heartbeat of an Image without a crontab (webhook and annotation triggers).
+pub const HEARTBEAT_WITHOUT_CRONTAB: Duration = Duration::from_secs(3600);
+
+/// How long an unchanged status keeps its `time`: [`HEARTBEAT_SYNCS`] of the Image's shortest
+/// crontab interval, so that a sync that changes nothing writes nothing nine times in ten (pure
+/// but for the clock passed in).
+pub fn heartbeat(image: &Image, now: chrono::DateTime<chrono::Utc>) -> Duration {
+    let shortest = schedules(image)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|s| {
+            let first = s.next_after(now)?;
+            let second = s.next_after(first)?;
+            (second - first).to_std().ok()
+        })
+        .min();
+    match shortest {
+        Some(interval) => interval.saturating_mul(HEARTBEAT_SYNCS),
+        None => HEARTBEAT_WITHOUT_CRONTAB,
+    }
+}
+
+/// `status.time` (Last-Sync) moves when the status changes, or once the stored time is
+/// `heartbeat` old; otherwise the stored time is kept, the status equals the stored one, and the
+/// controller writes nothing (pure).
+pub fn keep_time_if_unchanged(
+    mut status: ImageStatus,
+    previous: &ImageStatus,
+    now: chrono::DateTime<chrono::Utc>,
+    heartbeat: Duration,
+) -> ImageStatus {
+    let Some(stored) = previous.time.as_deref() else {
+        return status;
+    };
+    let fresh = chrono::DateTime::parse_from_rfc3339(stored)
+        .ok()
+        .and_then(|t| (now - t.with_timezone(&chrono::Utc)).to_std().ok())
+        .is_some_and(|age| age < heartbeat);
+    if !fresh {
+        return status;
+    }
+    let time = std::mem::replace(&mut status.time, previous.time.clone());
+    if status != *previous {
+        status.time = time;
+    }
+    status
 }
 
 /// What [`compose`] builds a status from.
@@ -1217,4 +1268,89 @@ async fn evaluate_rule(
         .chosen
         .filter(|t| *t != state.current)
         .map(|t| (t, None)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::SyncResult;
+
+    fn image(triggers: &str) -> Image {
+        serde_yaml::from_str(&format!(
+            "apiVersion: kimup.cloudavenue.io/v1alpha1\nkind: Image\nmetadata: {{name: a, namespace: ns}}\nspec:\n  image: nginx\n  baseTag: 1.0.0\n  triggers: {triggers}\n  rules: [{{name: r, type: semver-minor, actions: [{{type: apply}}]}}]\n"
+        ))
+        .expect("image yaml")
+    }
+
+    fn at(s: &str) -> chrono::DateTime<chrono::Utc> {
+        s.parse().expect("time")
+    }
+
+    fn status(time: &str, tag: &str) -> ImageStatus {
+        ImageStatus {
+            tag: Some(tag.into()),
+            result: Some(SyncResult::Success),
+            time: Some(time.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn heartbeat_is_ten_of_the_shortest_crontab_interval() {
+        let now = at("2026-01-01T00:00:30Z");
+        let every_minute = image("[{type: crontab, value: \"0 * * * * *\"}]");
+        assert_eq!(heartbeat(&every_minute, now), Duration::from_secs(600));
+        let two = image(
+            "[{type: crontab, value: \"@hourly\"}, {type: crontab, value: \"*/5 * * * * *\"}]",
+        );
+        assert_eq!(heartbeat(&two, now), Duration::from_secs(50));
+        let webhook = image("[{type: webhook}]");
+        assert_eq!(heartbeat(&webhook, now), HEARTBEAT_WITHOUT_CRONTAB);
+        let bad = image("[{type: crontab, value: \"nonsense\"}]");
+        assert_eq!(heartbeat(&bad, now), HEARTBEAT_WITHOUT_CRONTAB);
+    }
+
+    #[test]
+    fn an_unchanged_status_keeps_its_time_until_the_heartbeat() {
+        let beat = Duration::from_secs(600);
+        let stored = status("2026-01-01T00:00:00Z", "1.2.0");
+        let now = at("2026-01-01T00:05:00Z");
+        let fresh = status("2026-01-01T00:05:00Z", "1.2.0");
+        assert_eq!(
+            keep_time_if_unchanged(fresh.clone(), &stored, now, beat),
+            stored
+        );
+        // Ten minutes on: the heartbeat writes the new time.
+        let later = at("2026-01-01T00:10:00Z");
+        let beat_status = status("2026-01-01T00:10:00Z", "1.2.0");
+        assert_eq!(
+            keep_time_if_unchanged(beat_status.clone(), &stored, later, beat),
+            beat_status
+        );
+        // Any other change carries the new time at once.
+        let moved = status("2026-01-01T00:05:00Z", "1.3.0");
+        assert_eq!(
+            keep_time_if_unchanged(moved.clone(), &stored, now, beat),
+            moved
+        );
+        let mut failed = fresh.clone();
+        failed.result = Some(SyncResult::RegistryError);
+        assert_eq!(
+            keep_time_if_unchanged(failed.clone(), &stored, now, beat),
+            failed
+        );
+        // No stored time, or one that does not parse: the new time is written.
+        let mut none = stored.clone();
+        none.time = None;
+        assert_eq!(
+            keep_time_if_unchanged(fresh.clone(), &none, now, beat),
+            fresh
+        );
+        let mut garbage = stored.clone();
+        garbage.time = Some("yesterday".into());
+        assert_eq!(
+            keep_time_if_unchanged(fresh.clone(), &garbage, now, beat),
+            fresh
+        );
+    }
 }
