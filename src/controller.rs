@@ -332,8 +332,17 @@ pub async fn run(
     // Leadership gained => forget and re-sync everything; a standby's view may be stale.
     let ctx_for_leader = ctx.clone();
     let relist = leadership_gained(ctx.leader.changes(), move || ctx_for_leader.forget_all());
-    let controller = Controller::new(images, watcher::Config::default().any_semantic());
-    let store = controller.store();
+    // The Images' cache holds them slimmed (src/workloads.rs `slim`): at 10,000 Images per
+    // cluster, managed fields alone would be most of kimup's memory.
+    let (store, writer) = kube::runtime::reflector::store();
+    let image_stream = kube::runtime::reflector::reflector(
+        writer,
+        // As Controller::new: no backoff of its own (the fault tests' reconnection times are
+        // this watcher's), applied objects only (a deleted Image has nothing to reconcile).
+        watcher(images, watcher::Config::default().any_semantic()).modify(workloads::slim::<Image>),
+    )
+    .applied_objects();
+    let controller = Controller::for_stream(image_stream, store.clone());
     let (workload_caches, streams) = workloads::watch(&ctx.client, namespace);
     let _ = ctx.images.set(store.clone());
     let _ = ctx.workloads.set(workload_caches);

@@ -175,8 +175,9 @@ fn boxed<K: Send + 'static>(
     s.boxed()
 }
 
-/// Keeps in memory only what kimup reads.
-fn slim<K: Resource>(obj: &mut K) {
+/// Keeps in memory only what kimup reads: managed fields and the client-side apply copy of the
+/// object are most of a small object's bytes, and kimup reads neither.
+pub fn slim<K: Resource>(obj: &mut K) {
     let meta = obj.meta_mut();
     meta.managed_fields = None;
     if let Some(a) = meta.annotations.as_mut() {
