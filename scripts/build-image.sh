@@ -81,7 +81,10 @@ fi
 work="$(mktemp -d "${TMPDIR:-/tmp}/kimup-image.XXXXXX")"
 registry_pid=""
 cleanup() {
-  [ -n "$registry_pid" ] && kill "$registry_pid" 2>/dev/null && wait "$registry_pid" 2>/dev/null
+  if [ -n "$registry_pid" ]; then
+    kill "$registry_pid" 2>/dev/null || true
+    wait "$registry_pid" 2>/dev/null || true # its status is SIGTERM's, not the build's
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
