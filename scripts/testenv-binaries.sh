@@ -13,7 +13,10 @@
 #   aiosmtpd: PyPI, the SMTP server alert tests deliver to
 # Prints the cache directory on stdout's last line. Idempotent; safe to run concurrently is NOT
 # promised, run it once before the tests (.ci/run and the README commands do).
+# With names as arguments, builds or installs only those (scripts/build-image.sh asks for crane).
 set -euo pipefail
+only=" $* "
+want() { [ "$only" = "  " ] || [[ "$only" == *" $1 "* ]]; }
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cache="${KIMUP_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kimup-testenv}"
 mkdir -p "$cache"
@@ -48,6 +51,7 @@ log() { echo "[testenv-binaries] $*" >&2; }
 build_go() { # name version module_dir package ldflags
   local name="$1" version="$2" dir="$3" pkg="$4" ldflags="$5"
   local out="$cache/$name-$version/$name"
+  want "$name" || return 0
   if [ -x "$out" ]; then log "$name $version cached at $out"; return; fi
   command -v go >/dev/null || { echo "go is required to build $name $version (install Go >= 1.26)" >&2; exit 1; }
   log "building $name $version (first run only, several minutes)"
@@ -111,7 +115,7 @@ wait "$jpid" || fail=1
 wait "$ppid_" || fail=1
 [ "$fail" = 0 ] || { echo "building the test control plane binaries failed (see above)" >&2; exit 1; }
 
-if ! command -v docker-registry >/dev/null && [ ! -x /usr/bin/docker-registry ]; then
+if want docker-registry && ! command -v docker-registry >/dev/null && [ ! -x /usr/bin/docker-registry ]; then
   log "installing Debian's docker-registry"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq >&2 || true
@@ -122,12 +126,13 @@ fi
 
 # The SMTP server of the alert tests: aiosmtpd, a real SMTP implementation, from PyPI.
 AIOSMTPD_VERSION=1.4.6
-if ! python3 -c "import aiosmtpd" 2>/dev/null; then
+if want aiosmtpd && ! python3 -c "import aiosmtpd" 2>/dev/null; then
   log "installing aiosmtpd $AIOSMTPD_VERSION"
   python3 -m pip install -q "aiosmtpd==$AIOSMTPD_VERSION" >&2 \
     || python3 -m pip install -q --break-system-packages "aiosmtpd==$AIOSMTPD_VERSION" >&2
 fi
 
+# A link to a tool not built yet (a run with names) dangles until a full run builds it.
 ln -sfn "$cache/kube-apiserver-$KUBE_VERSION/kube-apiserver" "$cache/kube-apiserver"
 ln -sfn "$cache/etcd-$ETCD_VERSION/etcd" "$cache/etcd"
 ln -sfn "$cache/otelcol-$OTELCOL_VERSION/otelcol" "$cache/otelcol"
