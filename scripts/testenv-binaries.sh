@@ -2,6 +2,8 @@
 # Builds or installs the binaries the test control plane needs, cached outside the repo and keyed
 # by version, so a warm machine pays nothing and a version bump rebuilds only what changed.
 #   kube-apiserver and etcd: built from their Go modules through tests/env/tools/*
+#   kube-controller-manager, kube-scheduler: the same k8s.io/kubernetes module (rollout tests)
+#   kwok: simulated nodes and pods, tests/env/tools/kwok, and its Stage files (kwok-stages/)
 #   otelcol: an OpenTelemetry Collector (OTLP receiver, file and debug exporters), tests/env/tools/otelcol
 #   helm: the helm v3 CLI, tests/env/tools/helm
 #   toxiproxy: Shopify's TCP fault injector (latency, resets, timeouts), tests/env/tools/toxiproxy
@@ -31,6 +33,7 @@ toxiproxy_dir="$root/tests/env/tools/toxiproxy"
 crane_dir="$root/tests/env/tools/crane"
 jaeger_dir="$root/tests/env/tools/jaeger"
 promql_dir="$root/tests/env/tools/promql"
+kwok_dir="$root/tests/env/tools/kwok"
 KUBE_VERSION="$(modver "$kube_dir" k8s.io/kubernetes)"
 ETCD_VERSION="$(modver "$etcd_dir" go.etcd.io/etcd/server/v3)"
 # The collector's core and contrib modules move together (scripts/gen-tools-mod.sh), so the core
@@ -42,8 +45,9 @@ TOXIPROXY_VERSION="$(modver "$toxiproxy_dir" github.com/Shopify/toxiproxy/v2)"
 CRANE_VERSION="$(modver "$crane_dir" github.com/google/go-containerregistry)"
 JAEGER_VERSION="$(modver "$jaeger_dir" github.com/jaegertracing/jaeger)"
 PROMETHEUS_VERSION="$(modver "$promql_dir" github.com/prometheus/prometheus)"
+KWOK_VERSION="$(modver "$kwok_dir" sigs.k8s.io/kwok)"
 [ -n "$KUBE_VERSION" ] && [ -n "$ETCD_VERSION" ] && [ -n "$OTELCOL_VERSION" ] && [ -n "$HELM_VERSION" ] && [ -n "$HELM_CLIENT_GO" ] \
-  && [ -n "$TOXIPROXY_VERSION" ] && [ -n "$CRANE_VERSION" ] && [ -n "$JAEGER_VERSION" ] && [ -n "$PROMETHEUS_VERSION" ] \
+  && [ -n "$TOXIPROXY_VERSION" ] && [ -n "$CRANE_VERSION" ] && [ -n "$JAEGER_VERSION" ] && [ -n "$PROMETHEUS_VERSION" ] && [ -n "$KWOK_VERSION" ] \
   || { echo "cannot read pinned versions from tests/env/tools/*/go.mod" >&2; exit 1; }
 
 log() { echo "[testenv-binaries] $*" >&2; }
@@ -71,6 +75,15 @@ for p in "$kv" "$cv"; do
 done
 build_go kube-apiserver "$KUBE_VERSION" "$kube_dir" k8s.io/kubernetes/cmd/kube-apiserver "$kflags" &
 kpid=$!
+# After kube-apiserver, not beside it: the three share most packages, so the second and third
+# builds mostly read Go's build cache.
+(wait_kube() { while [ ! -x "$cache/kube-apiserver-$KUBE_VERSION/kube-apiserver" ] && kill -0 "$kpid" 2>/dev/null; do sleep 1; done; }
+ wait_kube
+ build_go kube-controller-manager "$KUBE_VERSION" "$kube_dir" k8s.io/kubernetes/cmd/kube-controller-manager "$kflags" \
+ && build_go kube-scheduler "$KUBE_VERSION" "$kube_dir" k8s.io/kubernetes/cmd/kube-scheduler "$kflags") &
+kcpid=$!
+build_go kwok "$KWOK_VERSION" "$kwok_dir" sigs.k8s.io/kwok/cmd/kwok "-s -w" &
+kwpid=$!
 build_go etcd "$ETCD_VERSION" "$etcd_dir" go.etcd.io/etcd/server/v3 "-s -w" &
 epid=$!
 # otelcol's build is a plain package main in its tools module (main.go), hence the package ".".
@@ -113,6 +126,8 @@ wait "$tpid" || fail=1
 wait "$cpid" || fail=1
 wait "$jpid" || fail=1
 wait "$ppid_" || fail=1
+wait "$kcpid" || fail=1
+wait "$kwpid" || fail=1
 [ "$fail" = 0 ] || { echo "building the test control plane binaries failed (see above)" >&2; exit 1; }
 
 if want docker-registry && ! command -v docker-registry >/dev/null && [ ! -x /usr/bin/docker-registry ]; then
@@ -141,4 +156,17 @@ ln -sfn "$cache/toxiproxy-$TOXIPROXY_VERSION/toxiproxy" "$cache/toxiproxy"
 ln -sfn "$cache/crane-$CRANE_VERSION/crane" "$cache/crane"
 ln -sfn "$cache/jaeger-$JAEGER_VERSION/jaeger" "$cache/jaeger"
 ln -sfn "$cache/promql-check-$PROMQL_KEY/promql-check" "$cache/promql-check"
+ln -sfn "$cache/kube-controller-manager-$KUBE_VERSION/kube-controller-manager" "$cache/kube-controller-manager"
+ln -sfn "$cache/kube-scheduler-$KUBE_VERSION/kube-scheduler" "$cache/kube-scheduler"
+ln -sfn "$cache/kwok-$KWOK_VERSION/kwok" "$cache/kwok"
+# kwok's node and pod lifecycles are Stage files of its module, not of its binary.
+if want kwok && [ ! -d "$cache/kwok-$KWOK_VERSION/stages" ]; then
+  kwok_src="$(cd "$kwok_dir" && GOFLAGS=-mod=mod go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)"
+  mkdir -p "$cache/kwok-$KWOK_VERSION/stages.tmp.$$"
+  cp "$kwok_src"/kustomize/stage/node/fast/node-*.yaml "$kwok_src"/kustomize/stage/pod/fast/pod-*.yaml \
+    "$cache/kwok-$KWOK_VERSION/stages.tmp.$$/"
+  chmod u+w "$cache/kwok-$KWOK_VERSION/stages.tmp.$$"/*.yaml
+  mv "$cache/kwok-$KWOK_VERSION/stages.tmp.$$" "$cache/kwok-$KWOK_VERSION/stages"
+fi
+ln -sfn "$cache/kwok-$KWOK_VERSION/stages" "$cache/kwok-stages"
 echo "$cache"

@@ -443,3 +443,138 @@ async fn http_fault_proxy_answers_429_and_503_then_forwards() {
     );
     assert_eq!(stats.upstream_errors, 0);
 }
+
+/// Deployments really roll out: kube-controller-manager makes the ReplicaSet, kube-scheduler
+/// places its Pods on the kwok node, kwok makes them Ready; an image containing
+/// `rollout::NEVER_READY` stalls the rollout until its progress deadline.
+#[tokio::test]
+async fn deployments_roll_out_and_a_never_ready_image_exceeds_its_deadline() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let env = TestEnv::builder()
+        .name("rollout")
+        .clusters(1)
+        .rollouts()
+        .start()
+        .await
+        .expect("environment with rollouts");
+    let client = env.clusters[0].client().await.expect("client");
+    let ns = env.namespace(0, "rollout").await.expect("namespace");
+    let api: Api<Deployment> = Api::namespaced(client, &ns);
+    let deployment: Deployment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 2,
+            "progressDeadlineSeconds": 5,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": "example.test/web:1.0.0"}]}
+            }
+        }
+    }))
+    .expect("deployment");
+    api.create(&PostParams::default(), &deployment)
+        .await
+        .expect("create");
+    let rolled_out = |image: &'static str| {
+        let api = api.clone();
+        move || {
+            let api = api.clone();
+            async move {
+                let d = api.get("web").await?;
+                let spec_image = d.spec.as_ref().and_then(|s| {
+                    s.template
+                        .spec
+                        .as_ref()
+                        .map(|p| p.containers[0].image.clone())
+                });
+                let s = d.status.unwrap_or_default();
+                Ok(spec_image.flatten().as_deref() == Some(image)
+                    && s.observed_generation == d.metadata.generation
+                    && s.updated_replicas == Some(2)
+                    && s.available_replicas == Some(2)
+                    && s.replicas == Some(2))
+            }
+        }
+    };
+    if let Err(e) = wait_until(
+        "web 1.0.0 rolled out (2 updated, 2 available)",
+        Duration::from_secs(90),
+        rolled_out("example.test/web:1.0.0"),
+    )
+    .await
+    {
+        let pods: Api<k8s_openapi::api::core::v1::Pod> =
+            Api::namespaced(env.clusters[0].client().await.expect("client"), &ns);
+        let list = pods.list(&Default::default()).await.expect("pods");
+        let seen: Vec<String> = list
+            .items
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} node={:?} phase={:?}",
+                    p.metadata.name.clone().unwrap_or_default(),
+                    p.spec.as_ref().and_then(|s| s.node_name.clone()),
+                    p.status.as_ref().and_then(|s| s.phase.clone())
+                )
+            })
+            .collect();
+        panic!(
+            "{e:#}; pods: {seen:?}; deployment: {:?}",
+            api.get("web").await.map(|d| d.status)
+        );
+    }
+    let patch = |image: &str| serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": image}]}}}});
+    api.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Strategic(patch("example.test/web:1.1.0")),
+    )
+    .await
+    .expect("patch");
+    wait_until(
+        "web 1.1.0 rolled out",
+        Duration::from_secs(90),
+        rolled_out("example.test/web:1.1.0"),
+    )
+    .await
+    .expect("rolled out");
+    api.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Strategic(patch("example.test/web:1.2.0-never-ready")),
+    )
+    .await
+    .expect("patch");
+    wait_until(
+        "web 1.2.0-never-ready reported ProgressDeadlineExceeded",
+        Duration::from_secs(90),
+        || {
+            let api = api.clone();
+            async move {
+                let d = api.get("web").await?;
+                let stalled = d
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| {
+                        c.type_ == "Progressing"
+                            && c.status == "False"
+                            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+                    });
+                Ok(stalled)
+            }
+        },
+    )
+    .await
+    .expect("stalled");
+    // The old ReplicaSet's Pods keep serving: the stalled rollout never took them down to zero.
+    let d = api.get("web").await.expect("get");
+    let available = d.status.and_then(|s| s.available_replicas).unwrap_or(0);
+    assert!(
+        available >= 1,
+        "no Pod available during the stalled rollout"
+    );
+}

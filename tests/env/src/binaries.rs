@@ -11,6 +11,14 @@ use anyhow::{Context, Result, bail};
 pub struct Binaries {
     /// kube-apiserver built from the pinned k8s.io/kubernetes module.
     pub kube_apiserver: PathBuf,
+    /// kube-controller-manager, from the same module as kube-apiserver.
+    pub kube_controller_manager: PathBuf,
+    /// kube-scheduler, from the same module as kube-apiserver.
+    pub kube_scheduler: PathBuf,
+    /// kwok (simulated nodes and pods) built from its Go module.
+    pub kwok: PathBuf,
+    /// kwok's Stage files (node and pod lifecycles), copied from its module.
+    pub kwok_stages: PathBuf,
     /// etcd built from the pinned go.etcd.io/etcd/server/v3 module.
     pub etcd: PathBuf,
     /// Debian's docker-registry (distribution).
@@ -75,6 +83,10 @@ impl Binaries {
         let cache = cache_dir();
         let bins = Binaries {
             kube_apiserver: cache.join("kube-apiserver"),
+            kube_controller_manager: cache.join("kube-controller-manager"),
+            kube_scheduler: cache.join("kube-scheduler"),
+            kwok: cache.join("kwok"),
+            kwok_stages: cache.join("kwok-stages"),
             etcd: cache.join("etcd"),
             registry: which("docker-registry")?,
             otelcol: cache.join("otelcol"),
@@ -93,6 +105,10 @@ impl Binaries {
             &bins.crane,
             &bins.jaeger,
             &bins.promql_check,
+            &bins.kube_controller_manager,
+            &bins.kube_scheduler,
+            &bins.kwok,
+            &bins.kwok_stages,
         ];
         (built.iter().all(|p| p.exists()) && python().is_ok()).then_some(bins)
     }
@@ -128,7 +144,7 @@ impl Binaries {
         }
         Self::locate().with_context(|| {
             format!(
-                "{} succeeded but kube-apiserver/etcd/otelcol/helm/toxiproxy/crane/jaeger/promql-check are not in {} or \
+                "{} succeeded but kube-apiserver/kube-controller-manager/kube-scheduler/kwok/etcd/otelcol/helm/toxiproxy/crane/jaeger/promql-check are not in {} or \
                  docker-registry is not on PATH",
                 script.display(),
                 cache_dir().display()

@@ -143,6 +143,8 @@ impl Cluster {
         let client_ca_file = write("client-ca.crt", &client_ca.pem().cert)?;
         let sa_key_file = write("sa-signer.key", &sa_key)?;
         let sa_pub_file = write("sa-signer.pub", &sa_pub)?;
+        // kube-controller-manager publishes it as the kube-root-ca.crt ConfigMap (rollout.rs).
+        write("serving-ca.crt", &serving_ca.pem().cert)?;
 
         let mut args = vec![
             "--allow-privileged=true".to_string(),
@@ -289,6 +291,14 @@ impl Cluster {
             &self.log_dir,
         )?;
         self.wait_ready().await
+    }
+
+    /// The folder of this cluster's keys and certificates (`sa-signer.key`, `serving-ca.crt`, …).
+    pub fn pki_dir(&self) -> PathBuf {
+        self.kubeconfig_path
+            .parent()
+            .map(|d| d.join("pki"))
+            .unwrap_or_else(|| PathBuf::from("pki"))
     }
 
     /// The API server process.

@@ -15,6 +15,7 @@ pub mod httpfault;
 pub mod jaeger;
 pub mod process;
 pub mod registry;
+pub mod rollout;
 pub mod sinks;
 pub mod toxiproxy;
 
@@ -70,6 +71,7 @@ pub struct Builder {
     audit_log: bool,
     toxiproxy: bool,
     jaeger: bool,
+    rollouts: bool,
 }
 
 impl Builder {
@@ -96,6 +98,13 @@ impl Builder {
     /// read them back through its HTTP query API.
     pub fn jaeger(mut self) -> Self {
         self.jaeger = true;
+        self
+    }
+
+    /// Run kube-controller-manager, kube-scheduler and a kwok node next to every API server, so
+    /// that workloads really roll out (`rollout.rs`).
+    pub fn rollouts(mut self) -> Self {
+        self.rollouts = true;
         self
     }
 
@@ -150,6 +159,8 @@ pub struct TestEnv {
     pub toxiproxy: Option<Toxiproxy>,
     /// Jaeger, when requested.
     pub jaeger: Option<Jaeger>,
+    /// Controller manager, scheduler and kwok of each cluster, when requested.
+    pub rollouts: Vec<rollout::Rollout>,
     /// Folder with `logs/` and `data/` of this run, under `target/testenv/`.
     pub run_dir: PathBuf,
     keep_data: bool,
@@ -190,6 +201,7 @@ impl TestEnv {
             etcd: None,
             toxiproxy: None,
             jaeger: None,
+            rollouts: Vec::new(),
             run_dir: run_dir.clone(),
             keep_data: b.keep_data,
         };
@@ -208,6 +220,15 @@ impl TestEnv {
             env.etcd = Some(etcd);
             for c in &env.clusters {
                 c.install_crds(&b.crds).await.with_context(ctx)?;
+            }
+            if b.rollouts {
+                let starts = env
+                    .clusters
+                    .iter()
+                    .map(|c| rollout::Rollout::start(bins, c, &data, &logs));
+                for r in futures::future::join_all(starts).await {
+                    env.rollouts.push(r.with_context(ctx)?);
+                }
             }
         }
         if b.registries {
