@@ -2,6 +2,8 @@
 # Builds or installs the binaries the test control plane needs, cached outside the repo and keyed
 # by version, so a warm machine pays nothing and a version bump rebuilds only what changed.
 #   kube-apiserver and etcd: built from their Go modules through tests/env/tools/*
+#   kube-controller-manager: same module as kube-apiserver; the tests run only its ServiceAccount
+#          token and root CA controllers (kimup cluster add --long-lived needs the former)
 #   otelcol: an OpenTelemetry Collector (OTLP receiver, file and debug exporters), tests/env/tools/otelcol
 #   helm: the helm v3 CLI, tests/env/tools/helm
 #   toxiproxy: Shopify's TCP fault injector (latency, resets, timeouts), tests/env/tools/toxiproxy
@@ -65,7 +67,9 @@ kflags="-s -w"
 for p in "$kv" "$cv"; do
   kflags="$kflags -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$kminor -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
 done
-build_go kube-apiserver "$KUBE_VERSION" "$kube_dir" k8s.io/kubernetes/cmd/kube-apiserver "$kflags" &
+# One after the other: the controller manager reuses most of the API server's build cache.
+{ build_go kube-apiserver "$KUBE_VERSION" "$kube_dir" k8s.io/kubernetes/cmd/kube-apiserver "$kflags" \
+  && build_go kube-controller-manager "$KUBE_VERSION" "$kube_dir" k8s.io/kubernetes/cmd/kube-controller-manager "$kflags"; } &
 kpid=$!
 build_go etcd "$ETCD_VERSION" "$etcd_dir" go.etcd.io/etcd/server/v3 "-s -w" &
 epid=$!
@@ -129,6 +133,7 @@ if ! python3 -c "import aiosmtpd" 2>/dev/null; then
 fi
 
 ln -sfn "$cache/kube-apiserver-$KUBE_VERSION/kube-apiserver" "$cache/kube-apiserver"
+ln -sfn "$cache/kube-controller-manager-$KUBE_VERSION/kube-controller-manager" "$cache/kube-controller-manager"
 ln -sfn "$cache/etcd-$ETCD_VERSION/etcd" "$cache/etcd"
 ln -sfn "$cache/otelcol-$OTELCOL_VERSION/otelcol" "$cache/otelcol"
 ln -sfn "$cache/helm-$HELM_VERSION/helm" "$cache/helm"

@@ -11,6 +11,8 @@ use anyhow::{Context, Result, bail};
 pub struct Binaries {
     /// kube-apiserver built from the pinned k8s.io/kubernetes module.
     pub kube_apiserver: PathBuf,
+    /// kube-controller-manager from the same module (only its token and root CA controllers run).
+    pub kube_controller_manager: PathBuf,
     /// etcd built from the pinned go.etcd.io/etcd/server/v3 module.
     pub etcd: PathBuf,
     /// Debian's docker-registry (distribution).
@@ -75,6 +77,7 @@ impl Binaries {
         let cache = cache_dir();
         let bins = Binaries {
             kube_apiserver: cache.join("kube-apiserver"),
+            kube_controller_manager: cache.join("kube-controller-manager"),
             etcd: cache.join("etcd"),
             registry: which("docker-registry")?,
             otelcol: cache.join("otelcol"),
@@ -86,6 +89,7 @@ impl Binaries {
         };
         let built = [
             &bins.kube_apiserver,
+            &bins.kube_controller_manager,
             &bins.etcd,
             &bins.otelcol,
             &bins.helm,
@@ -128,7 +132,7 @@ impl Binaries {
         }
         Self::locate().with_context(|| {
             format!(
-                "{} succeeded but kube-apiserver/etcd/otelcol/helm/toxiproxy/crane/jaeger/promql-check are not in {} or \
+                "{} succeeded but kube-apiserver/kube-controller-manager/etcd/otelcol/helm/toxiproxy/crane/jaeger/promql-check are not in {} or \
                  docker-registry is not on PATH",
                 script.display(),
                 cache_dir().display()

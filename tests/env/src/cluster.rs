@@ -109,6 +109,10 @@ pub struct Cluster {
     args: Vec<String>,
     program: PathBuf,
     log_dir: PathBuf,
+    /// Certificates and keys of this API server (the ServiceAccount signing key among them).
+    cert_dir: PathBuf,
+    /// Its kube-controller-manager, when the environment asked for one.
+    controller_manager: Option<Process>,
 }
 
 impl Cluster {
@@ -141,6 +145,7 @@ impl Cluster {
         let tls_cert = write("apiserver.crt", &serving.cert)?;
         let tls_key = write("apiserver.key", &serving.key)?;
         let client_ca_file = write("client-ca.crt", &client_ca.pem().cert)?;
+        write("serving-ca.crt", &serving_ca.pem().cert)?;
         let sa_key_file = write("sa-signer.key", &sa_key)?;
         let sa_pub_file = write("sa-signer.pub", &sa_pub)?;
 
@@ -208,6 +213,8 @@ impl Cluster {
             args,
             program: bins.kube_apiserver.clone(),
             log_dir: log_dir.to_path_buf(),
+            cert_dir,
+            controller_manager: None,
         };
         cluster.wait_ready().await?;
         Ok(cluster)
@@ -272,6 +279,37 @@ impl Cluster {
         )
         .await
         .with_context(|| format!("log: {}", log.display()))
+    }
+
+    /// Starts a kube-controller-manager for this API server running only the ServiceAccount
+    /// token controller (it fills `kubernetes.io/service-account-token` Secrets, signing with
+    /// the API server's key) and the root CA publisher (`kube-root-ca.crt` in every namespace).
+    /// It authenticates with the admin kubeconfig and serves nothing itself.
+    pub fn start_controller_manager(&mut self, bins: &Binaries) -> Result<()> {
+        let args = vec![
+            format!("--kubeconfig={}", self.kubeconfig_path.display()),
+            "--controllers=serviceaccount-token-controller,root-ca-certificate-publisher-controller"
+                .to_string(),
+            format!(
+                "--service-account-private-key-file={}",
+                self.cert_dir.join("sa-signer.key").display()
+            ),
+            format!(
+                "--root-ca-file={}",
+                self.cert_dir.join("serving-ca.crt").display()
+            ),
+            "--use-service-account-credentials=false".to_string(),
+            "--leader-elect=false".to_string(),
+            "--secure-port=0".to_string(),
+            "--v=1".to_string(),
+        ];
+        self.controller_manager = Some(Process::spawn(
+            &format!("kube-controller-manager-{}", self.name),
+            &bins.kube_controller_manager,
+            &args,
+            &self.log_dir,
+        )?);
+        Ok(())
     }
 
     /// Kills the API server (SIGKILL), as a crash would.

@@ -70,6 +70,7 @@ pub struct Builder {
     audit_log: bool,
     toxiproxy: bool,
     jaeger: bool,
+    controller_manager: bool,
 }
 
 impl Builder {
@@ -96,6 +97,14 @@ impl Builder {
     /// read them back through its HTTP query API.
     pub fn jaeger(mut self) -> Self {
         self.jaeger = true;
+        self
+    }
+
+    /// Run a kube-controller-manager per cluster with only the ServiceAccount token controller
+    /// (fills `kubernetes.io/service-account-token` Secrets) and the root CA publisher (the
+    /// `kube-root-ca.crt` ConfigMap of every namespace).
+    pub fn controller_manager(mut self) -> Self {
+        self.controller_manager = true;
         self
     }
 
@@ -204,6 +213,11 @@ impl TestEnv {
             });
             for c in futures::future::join_all(starts).await {
                 env.clusters.push(c.with_context(ctx)?);
+            }
+            if b.controller_manager {
+                for c in &mut env.clusters {
+                    c.start_controller_manager(bins).with_context(ctx)?;
+                }
             }
             env.etcd = Some(etcd);
             for c in &env.clusters {
