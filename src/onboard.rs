@@ -1,0 +1,1965 @@
+//! `kimup cluster add | list | remove`: onboarding member clusters with least privilege.
+//!
+//! `add` runs with an administrator's kubeconfig (exec plugins welcome: they run on the
+//! administrator's machine) and leaves in the member exactly what kimup needs: its CRDs, a
+//! namespace, a ServiceAccount bound to the rule set of [`crate::rbac`], and a credential of that
+//! ServiceAccount, written as a kubeconfig with inline data where `kimup run` reads member
+//! kubeconfigs (a folder, or the Secret the chart mounts as that folder). Decisions (names,
+//! kubeconfig text, whether to keep a token, who owns an object) are pure functions with unit
+//! tests; the API calls and file writes are at the edges.
+//!
+//! Tokens never reach a message: errors name objects and servers, never credentials.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine;
+use chrono::{DateTime, SecondsFormat, Utc};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::authentication::v1::{SelfSubjectReview, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::authorization::v1::{SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleRef, Subject};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::clusters::{self, KubeTimeouts};
+use crate::credential;
+use crate::rbac;
+use crate::run::{parse_duration, with_causes};
+
+/// ServiceAccount kimup runs as in every member.
+pub const SERVICE_ACCOUNT: &str = "kimup";
+/// ClusterRole and ClusterRoleBinding of that ServiceAccount (not `kimup`, which is the chart's
+/// in the home cluster, which may be a member too).
+pub const CLUSTER_ROLE: &str = "kimup-member";
+/// The ServiceAccount token Secret of `--long-lived`.
+pub const TOKEN_SECRET: &str = "kimup-token";
+/// Label on every object `kimup cluster add` creates; `remove --purge` deletes only those.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "kimup");
+/// Field manager of the server-side applies.
+const FIELD_MANAGER: &str = "kimup-cluster-add";
+/// Name of the kubeconfig cluster extension recording what `add` made (offline duplicate checks,
+/// `remove --purge`).
+pub const EXTENSION: &str = "kimup.cloudavenue.io/member";
+
+/// `kimup cluster ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum ClusterCommand {
+    /// Make a cluster a member: CRDs, a ServiceAccount with kimup's rules, a credential, and its
+    /// kubeconfig where kimup reads them. Run with an administrator's kubeconfig.
+    Add(Box<AddArgs>),
+    /// Show every member: reachable, CRDs, RBAC, credential expiry, Images.
+    List(ListArgs),
+    /// Stop serving a member (its kubeconfig); `--purge` also deletes what `add` created in it.
+    Remove(RemoveArgs),
+}
+
+/// Where member kubeconfigs live: what `kimup run --kubeconfig-dir` reads.
+#[derive(Clone, Debug, clap::Args)]
+pub struct StoreArgs {
+    /// Folder of member kubeconfigs (`kimup run --kubeconfig-dir`).
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with = "secret",
+        required_unless_present = "secret"
+    )]
+    pub kubeconfig_dir: Option<PathBuf>,
+    /// Secret of member kubeconfigs in the home cluster, as NAMESPACE/NAME (the chart's
+    /// `clusters.kubeconfigSecret`, mounted as the folder).
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub secret: Option<String>,
+    /// Kubeconfig of the home cluster holding `--secret` (default: $KUBECONFIG, ~/.kube/config).
+    #[arg(long, value_name = "FILE", requires = "secret")]
+    pub home_kubeconfig: Option<PathBuf>,
+    /// Context of `--home-kubeconfig` (default: its current context).
+    #[arg(long, requires = "secret")]
+    pub home_context: Option<String>,
+}
+
+/// Flags of `kimup cluster add`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct AddArgs {
+    /// Context of the administrator's kubeconfig that reaches the new member.
+    pub context: String,
+    /// The administrator's kubeconfig (default: $KUBECONFIG, ~/.kube/config).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Member name: its kubeconfig file is NAME.yaml (default: the context's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Namespace of kimup's ServiceAccount in the member.
+    #[arg(long, default_value = "kimup")]
+    pub namespace: String,
+    /// Leave the CRDs alone (they are installed or upgraded otherwise).
+    #[arg(long)]
+    pub skip_crds: bool,
+    /// Lifetime asked for the bound token (the API server may cap it; the real expiry is read
+    /// back). Between 10m and 8760h.
+    #[arg(long, default_value = "168h", value_parser = parse_duration)]
+    pub token_ttl: Duration,
+    /// A ServiceAccount token Secret instead: never expires, valid until the Secret is deleted.
+    #[arg(long)]
+    pub long_lived: bool,
+    /// Mint a new credential even when the current one is still good.
+    #[arg(long)]
+    pub rotate: bool,
+    /// Where member kubeconfigs live.
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// Output format of `kimup cluster list`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Aligned columns, then one note per problem.
+    Table,
+    /// One JSON array.
+    Json,
+}
+
+/// Flags of `kimup cluster list`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ListArgs {
+    /// Where member kubeconfigs live.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// Flags of `kimup cluster remove`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RemoveArgs {
+    /// Member name (its kubeconfig's file stem).
+    pub name: String,
+    /// Also delete the ServiceAccount, ClusterRoleBinding, ClusterRole and token Secret that
+    /// `add` created in the member (labelled managed-by kimup), which revokes its credential.
+    /// Needs `--context`. CRDs and Images are never deleted.
+    #[arg(long, requires = "context")]
+    pub purge: bool,
+    /// Context of the administrator's kubeconfig reaching the member (for `--purge`).
+    #[arg(long)]
+    pub context: Option<String>,
+    /// The administrator's kubeconfig (default: $KUBECONFIG, ~/.kube/config).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace of kimup's ServiceAccount, when the member's kubeconfig does not record it.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Where member kubeconfigs live.
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// Why a cluster command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The command line asks for something impossible or inconsistent (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// A kubeconfig named on the command line cannot be used (exit 2).
+    #[error("kubeconfig {path}: {reason}")]
+    Kubeconfig {
+        /// Which file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The cluster is a member already, under another name (exit 2).
+    #[error(
+        "this cluster (kube-system UID {identity}) is already a member as {existing} ({location}); \
+         re-run with --name {existing} to refresh it, or remove {existing} first"
+    )]
+    Duplicate {
+        /// The member reaching the same cluster.
+        existing: String,
+        /// Its kubeconfig file or Secret key.
+        location: String,
+        /// The cluster's identity.
+        identity: String,
+    },
+    /// A cluster refused or failed a request, or could not be reached (exit 1).
+    #[error("{what}: {reason}")]
+    Cluster {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// Reading or writing the member kubeconfigs failed (exit 1).
+    #[error("{0}")]
+    Store(String),
+}
+
+impl Error {
+    /// The process exit code: 2 for usage errors, 1 for failures.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Usage(_) | Error::Kubeconfig { .. } | Error::Duplicate { .. } => 2,
+            Error::Cluster { .. } | Error::Store(_) => 1,
+        }
+    }
+}
+
+/// A kube error in the words an operator needs, never with a credential (pure).
+pub fn api_reason(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) if s.code == 401 => {
+            format!("credentials refused (401): {}", s.message)
+        }
+        kube::Error::Api(s) if s.code == 403 => {
+            format!("permission denied (403): {}", s.message)
+        }
+        kube::Error::Api(s) => format!("API server answered {}: {}", s.code, s.message),
+        other => format!("unreachable: {}", with_causes(other)),
+    }
+}
+
+fn cluster_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let what = what.into();
+    move |e| Error::Cluster {
+        what,
+        reason: api_reason(&e),
+    }
+}
+
+/// Runs a cluster command, printing its report on stdout; the exit code.
+pub async fn main(cmd: ClusterCommand) -> u8 {
+    let result = match cmd {
+        ClusterCommand::Add(args) => add(&args).await,
+        ClusterCommand::List(args) => list(&args).await,
+        ClusterCommand::Remove(args) => remove(&args).await,
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pure decisions
+
+/// Checks a member name: it becomes a file stem and a Secret key (`NAME.yaml`), so letters,
+/// digits, `-`, `_` and `.`, not starting with `.` (hidden files are skipped), at most 200.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} cannot name a member (letters, digits, '-', '_' and '.', not starting with \
+             '.'): choose one with --name"
+        ))
+    }
+}
+
+/// What `add` records in the member's kubeconfig about what it made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberRecord {
+    /// UID of the member's `kube-system` namespace.
+    pub identity: String,
+    /// Namespace of the ServiceAccount.
+    pub namespace: String,
+    /// The ServiceAccount.
+    pub service_account: String,
+    /// `bound` (TokenRequest) or `long-lived` (token Secret).
+    pub credential: String,
+}
+
+/// The cluster entry of a member kubeconfig, as `add` copies it from the administrator's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterEntry {
+    /// API server URL.
+    pub server: String,
+    /// Base64 PEM of the CA that signs the API server's certificate; None to use the system's.
+    pub ca_data: Option<String>,
+    /// TLS server name, when the administrator's kubeconfig sets one.
+    pub tls_server_name: Option<String>,
+    /// Proxy, when the administrator's kubeconfig sets one.
+    pub proxy_url: Option<String>,
+}
+
+/// The member kubeconfig: one cluster, one user with `token`, one context, all named `name`,
+/// and the record of what `add` made (pure; same input, same bytes).
+pub fn member_kubeconfig(
+    name: &str,
+    cluster: &ClusterEntry,
+    token: &str,
+    record: &MemberRecord,
+) -> String {
+    let mut c = serde_json::Map::new();
+    c.insert("server".into(), cluster.server.clone().into());
+    if let Some(ca) = &cluster.ca_data {
+        c.insert("certificate-authority-data".into(), ca.clone().into());
+    }
+    if let Some(t) = &cluster.tls_server_name {
+        c.insert("tls-server-name".into(), t.clone().into());
+    }
+    if let Some(p) = &cluster.proxy_url {
+        c.insert("proxy-url".into(), p.clone().into());
+    }
+    c.insert(
+        "extensions".into(),
+        serde_json::json!([{"name": EXTENSION, "extension": record}]),
+    );
+    let doc = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": name, "cluster": c}],
+        "users": [{"name": name, "user": {"token": token}}],
+        "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
+        "current-context": name,
+    });
+    serde_yaml::to_string(&doc).unwrap_or_default()
+}
+
+/// What a stored member kubeconfig holds, as far as `add` and `remove` care.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stored {
+    /// The record of `add`, when it made this file.
+    pub record: Option<MemberRecord>,
+    /// The bearer token of its (first) user.
+    pub token: Option<String>,
+    /// Its API server.
+    pub server: Option<String>,
+}
+
+/// Reads a stored member kubeconfig (pure; anything unreadable is simply absent).
+pub fn read_stored(text: &str) -> Stored {
+    let Ok(doc) = serde_yaml::from_str::<serde_json::Value>(text) else {
+        return Stored::default();
+    };
+    let cluster = &doc["clusters"][0]["cluster"];
+    let record = cluster["extensions"].as_array().and_then(|exts| {
+        exts.iter()
+            .find(|e| e["name"] == EXTENSION)
+            .and_then(|e| serde_json::from_value(e["extension"].clone()).ok())
+    });
+    Stored {
+        record,
+        token: doc["users"][0]["user"]["token"].as_str().map(String::from),
+        server: cluster["server"].as_str().map(String::from),
+    }
+}
+
+/// What to do about the credential.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenPlan {
+    /// The stored token stays (if the API server still accepts it): why.
+    Keep(String),
+    /// A new one is needed: why.
+    Mint(String),
+}
+
+/// Whether the stored token can stay (pure): it must be the ServiceAccount's, of the kind asked
+/// for, and a bound token must have more than half its lifetime left
+/// ([`credential::keep_token`]). `--rotate` always mints.
+pub fn plan_token(
+    stored: Option<&str>,
+    subject: &str,
+    long_lived: bool,
+    rotate: bool,
+    now: DateTime<Utc>,
+) -> TokenPlan {
+    if rotate {
+        return TokenPlan::Mint("--rotate".into());
+    }
+    let Some(token) = stored else {
+        return TokenPlan::Mint("no credential yet".into());
+    };
+    let claims = credential::jwt_claims(token).unwrap_or_default();
+    if claims.sub.as_deref() != Some(subject) {
+        return TokenPlan::Mint(format!("the stored credential is not {subject}'s"));
+    }
+    match (long_lived, credential::token_expiry(token)) {
+        (true, None) => TokenPlan::Keep("long-lived token".into()),
+        (true, Some(_)) => TokenPlan::Mint("switching to a long-lived token".into()),
+        (false, None) => TokenPlan::Mint("switching to a bound token".into()),
+        (false, Some(e)) if credential::keep_token(&e, now) => TokenPlan::Keep(format!(
+            "expires at {}, {} left",
+            e.expires.to_rfc3339_opts(SecondsFormat::Secs, true),
+            credential::human(e.remaining(now))
+        )),
+        (false, Some(e)) => TokenPlan::Mint(format!(
+            "the stored token has {} of its lifetime left, under half",
+            credential::human(e.remaining(now))
+        )),
+    }
+}
+
+/// Whether an existing object may be taken over by `add`, or deleted by `remove --purge`: only
+/// objects it labelled (pure).
+pub fn owned(labels: Option<&BTreeMap<String, String>>) -> Result<(), String> {
+    match labels.and_then(|l| l.get(MANAGED_BY.0)) {
+        Some(v) if v == MANAGED_BY.1 => Ok(()),
+        Some(v) => Err(format!("it is managed by {v}, not kimup")),
+        None => Err(format!("it has no {}={} label", MANAGED_BY.0, MANAGED_BY.1)),
+    }
+}
+
+/// `system:serviceaccount:NS:NAME`.
+pub fn service_account_user(namespace: &str) -> String {
+    format!("system:serviceaccount:{namespace}:{SERVICE_ACCOUNT}")
+}
+
+fn labels() -> BTreeMap<String, String> {
+    BTreeMap::from([(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string())])
+}
+
+fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: namespace.map(String::from),
+        labels: Some(labels()),
+        ..Default::default()
+    }
+}
+
+/// The ClusterRole of the rule set.
+pub fn cluster_role() -> ClusterRole {
+    ClusterRole {
+        metadata: meta(CLUSTER_ROLE, None),
+        rules: Some(rbac::policy_rules()),
+        ..Default::default()
+    }
+}
+
+/// Its binding to the ServiceAccount in `namespace`.
+pub fn cluster_role_binding(namespace: &str) -> ClusterRoleBinding {
+    ClusterRoleBinding {
+        metadata: meta(CLUSTER_ROLE, None),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "ClusterRole".into(),
+            name: CLUSTER_ROLE.into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: SERVICE_ACCOUNT.into(),
+            namespace: Some(namespace.to_string()),
+            ..Default::default()
+        }]),
+    }
+}
+
+/// Lowest and highest `--token-ttl`: the TokenRequest API refuses under 10 minutes, and a year
+/// is longer than any API server lets a token live.
+const TOKEN_TTL_RANGE: (Duration, Duration) =
+    (Duration::from_secs(600), Duration::from_secs(8760 * 3600));
+
+// ---------------------------------------------------------------------------------------------
+// Kubeconfigs and clients
+
+/// Reads the administrator's kubeconfig: a file, else $KUBECONFIG or ~/.kube/config.
+fn admin_kubeconfig(path: Option<&Path>) -> Result<(Kubeconfig, String), Error> {
+    match path {
+        Some(p) => Kubeconfig::read_from(p)
+            .map(|k| (k, p.display().to_string()))
+            .map_err(|e| Error::Kubeconfig {
+                path: p.display().to_string(),
+                reason: e.to_string(),
+            }),
+        None => Kubeconfig::read()
+            .map(|k| (k, "$KUBECONFIG or ~/.kube/config".to_string()))
+            .map_err(|e| Error::Kubeconfig {
+                path: "$KUBECONFIG or ~/.kube/config".into(),
+                reason: e.to_string(),
+            }),
+    }
+}
+
+/// A client of `context` (the current one when None), checking that it exists.
+async fn client_of(
+    kc: &Kubeconfig,
+    described: &str,
+    context: Option<&str>,
+) -> Result<(Client, kube::Config), Error> {
+    if let Some(ctx) = context
+        && !kc.contexts.iter().any(|c| c.name == ctx)
+    {
+        let known: Vec<&str> = kc.contexts.iter().map(|c| c.name.as_str()).collect();
+        return Err(Error::Usage(format!(
+            "context {ctx:?} is not in {described} (contexts: {})",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        )));
+    }
+    let opts = KubeConfigOptions {
+        context: context.map(String::from),
+        ..Default::default()
+    };
+    let config = kube::Config::from_custom_kubeconfig(kc.clone(), &opts)
+        .await
+        .map_err(|e| Error::Kubeconfig {
+            path: described.to_string(),
+            reason: e.to_string(),
+        })?;
+    let client =
+        clusters::kube_client(config.clone(), KubeTimeouts::default()).map_err(|reason| {
+            Error::Kubeconfig {
+                path: described.to_string(),
+                reason,
+            }
+        })?;
+    Ok((client, config))
+}
+
+/// The cluster entry of `context` in the administrator's kubeconfig, CA inlined from its data or
+/// its file; None for the CA when the kubeconfig trusts the system's roots or skips TLS checks.
+fn admin_cluster(kc: &Kubeconfig, context: &str) -> Result<(ClusterEntry, bool), Error> {
+    let cluster_name = kc
+        .contexts
+        .iter()
+        .find(|c| c.name == context)
+        .and_then(|c| c.context.as_ref())
+        .map(|c| c.cluster.clone())
+        .unwrap_or_default();
+    let cluster = kc
+        .clusters
+        .iter()
+        .find(|c| c.name == cluster_name)
+        .and_then(|c| c.cluster.clone())
+        .ok_or_else(|| Error::Usage(format!("context {context:?} names no cluster")))?;
+    let server = cluster
+        .server
+        .clone()
+        .ok_or_else(|| Error::Usage(format!("cluster {cluster_name:?} has no server")))?;
+    let ca_data = match (
+        &cluster.certificate_authority_data,
+        &cluster.certificate_authority,
+    ) {
+        (Some(d), _) => Some(d.trim().to_string()),
+        (None, Some(file)) => {
+            let pem = std::fs::read(file).map_err(|e| Error::Kubeconfig {
+                path: file.clone(),
+                reason: format!("reading the CA of cluster {cluster_name:?}: {e}"),
+            })?;
+            Some(base64::engine::general_purpose::STANDARD.encode(pem))
+        }
+        (None, None) => None,
+    };
+    let insecure = cluster.insecure_skip_tls_verify.unwrap_or(false);
+    Ok((
+        ClusterEntry {
+            server,
+            ca_data,
+            tls_server_name: cluster.tls_server_name.clone(),
+            proxy_url: cluster.proxy_url.clone(),
+        },
+        insecure,
+    ))
+}
+
+/// The UID of `kube-system`: who the cluster is.
+async fn identity(client: &Client, what: &str) -> Result<String, Error> {
+    let ns = Api::<Namespace>::all(client.clone())
+        .get_metadata("kube-system")
+        .await
+        .map_err(cluster_err(format!("reading the identity of {what}")))?;
+    ns.metadata
+        .uid
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| Error::Cluster {
+            what: format!("reading the identity of {what}"),
+            reason: "namespace kube-system has no UID".into(),
+        })
+}
+
+/// A client of a member kubeconfig text with short timeouts, never running plugins.
+async fn member_client(text: &str) -> Result<Client, String> {
+    clusters::check_expansion(text)?;
+    let kc = Kubeconfig::from_yaml(text).map_err(|e| format!("invalid kubeconfig: {e}"))?;
+    let context = kc
+        .current_context
+        .clone()
+        .or_else(|| kc.contexts.first().map(|c| c.name.clone()))
+        .ok_or("kubeconfig has no context")?;
+    if let Some(why) = clusters::runs_code(&kc, &context) {
+        return Err(format!("not contacted: {why}"));
+    }
+    let config = clusters::client_config(kc, &context).await?;
+    clusters::kube_client(
+        config,
+        KubeTimeouts {
+            connect: Duration::from_secs(5),
+            request: Duration::from_secs(15),
+        },
+    )
+}
+
+/// Who the API server says the client is.
+async fn whoami(client: &Client) -> Result<String, kube::Error> {
+    let review = Api::<SelfSubjectReview>::all(client.clone())
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await?;
+    Ok(review
+        .status
+        .and_then(|s| s.user_info)
+        .and_then(|u| u.username)
+        .unwrap_or_default())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Where member kubeconfigs live
+
+/// A member kubeconfig found in the store.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// Member name (file stem).
+    pub name: String,
+    /// File path or `namespace/secret[key]`.
+    pub location: String,
+    /// File name or Secret key.
+    pub key: String,
+    /// Content.
+    pub text: String,
+}
+
+/// Where member kubeconfigs live (one is built per command: the size gap does not matter).
+#[allow(clippy::large_enum_variant)]
+enum Store {
+    Dir(PathBuf),
+    Secret {
+        api: Api<Secret>,
+        namespace: String,
+        name: String,
+    },
+}
+
+fn stem(key: &str) -> String {
+    Path::new(key)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| key.to_string())
+}
+
+impl Store {
+    async fn open(args: &StoreArgs, create_dir: bool) -> Result<Store, Error> {
+        if let Some(dir) = &args.kubeconfig_dir {
+            if !dir.is_dir() {
+                if !create_dir {
+                    return Err(Error::Usage(format!(
+                        "--kubeconfig-dir {}: no such folder",
+                        dir.display()
+                    )));
+                }
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode_0700()
+                    .create(dir)
+                    .map_err(|e| Error::Store(format!("creating {}: {e}", dir.display())))?;
+            }
+            return Ok(Store::Dir(dir.clone()));
+        }
+        let Some(secret) = &args.secret else {
+            return Err(Error::Usage(
+                "--kubeconfig-dir or --secret is required".into(),
+            ));
+        };
+        let Some((namespace, name)) = secret.split_once('/') else {
+            return Err(Error::Usage(format!(
+                "--secret {secret:?}: expected NAMESPACE/NAME"
+            )));
+        };
+        let (kc, described) = admin_kubeconfig(args.home_kubeconfig.as_deref())?;
+        let (client, _) = client_of(&kc, &described, args.home_context.as_deref()).await?;
+        Ok(Store::Secret {
+            api: Api::namespaced(client, namespace),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        })
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Store::Dir(d) => d.display().to_string(),
+            Store::Secret {
+                namespace, name, ..
+            } => format!("Secret {namespace}/{name} of the home cluster"),
+        }
+    }
+
+    async fn secret(&self) -> Result<Option<Secret>, Error> {
+        let Store::Secret {
+            api,
+            namespace,
+            name,
+        } = self
+        else {
+            return Ok(None);
+        };
+        api.get_opt(name)
+            .await
+            .map_err(cluster_err(format!("reading Secret {namespace}/{name}")))
+    }
+
+    /// Every member kubeconfig, by member name.
+    async fn entries(&self) -> Result<BTreeMap<String, Entry>, Error> {
+        let mut out = BTreeMap::new();
+        match self {
+            Store::Dir(dir) => {
+                let rd = std::fs::read_dir(dir)
+                    .map_err(|e| Error::Store(format!("reading {}: {e}", dir.display())))?;
+                let mut paths: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+                paths.sort();
+                for p in paths {
+                    let key = p
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    // What kimup run reads: regular files (symlinks followed), hidden ones skipped.
+                    if key.starts_with('.') || !p.is_file() {
+                        continue;
+                    }
+                    let too_big = std::fs::metadata(&p)
+                        .is_ok_and(|m| m.len() > clusters::MAX_KUBECONFIG_BYTES);
+                    let text = if too_big {
+                        String::new()
+                    } else {
+                        std::fs::read_to_string(&p).unwrap_or_default()
+                    };
+                    out.insert(
+                        stem(&key),
+                        Entry {
+                            name: stem(&key),
+                            location: p.display().to_string(),
+                            key,
+                            text,
+                        },
+                    );
+                }
+            }
+            Store::Secret {
+                namespace, name, ..
+            } => {
+                let data = self
+                    .secret()
+                    .await?
+                    .and_then(|s| s.data)
+                    .unwrap_or_default();
+                for (key, value) in data {
+                    out.insert(
+                        stem(&key),
+                        Entry {
+                            name: stem(&key),
+                            location: format!("{namespace}/{name}[{key}]"),
+                            text: String::from_utf8_lossy(&value.0).into_owned(),
+                            key,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes a member's kubeconfig (under `key`) unless it already holds exactly `text`;
+    /// whether it wrote.
+    async fn write(&self, key: &str, text: &str) -> Result<bool, Error> {
+        match self {
+            Store::Dir(dir) => {
+                let path = dir.join(key);
+                if std::fs::read(&path).is_ok_and(|old| old == text.as_bytes()) {
+                    return Ok(false);
+                }
+                write_atomically(&path, text.as_bytes())
+                    .map_err(|e| Error::Store(format!("writing {}: {e}", path.display())))?;
+                Ok(true)
+            }
+            Store::Secret {
+                api,
+                namespace,
+                name,
+            } => {
+                // Read, change, replace with the read resourceVersion: a concurrent writer makes
+                // it 409, and the change is made again on what it wrote.
+                for _ in 0..5 {
+                    let what = format!("writing {key} into Secret {namespace}/{name}");
+                    match self.secret().await? {
+                        None => {
+                            let s = Secret {
+                                metadata: meta(name, Some(namespace)),
+                                data: Some(BTreeMap::from([(
+                                    key.to_string(),
+                                    ByteString(text.as_bytes().to_vec()),
+                                )])),
+                                type_: Some("Opaque".into()),
+                                ..Default::default()
+                            };
+                            match api.create(&PostParams::default(), &s).await {
+                                Ok(_) => return Ok(true),
+                                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                                Err(e) => return Err(cluster_err(what)(e)),
+                            }
+                        }
+                        Some(mut s) => {
+                            let data = s.data.get_or_insert_with(BTreeMap::new);
+                            if data.get(key).is_some_and(|v| v.0 == text.as_bytes()) {
+                                return Ok(false);
+                            }
+                            data.insert(key.to_string(), ByteString(text.as_bytes().to_vec()));
+                            match api.replace(name, &PostParams::default(), &s).await {
+                                Ok(_) => return Ok(true),
+                                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                                Err(e) => return Err(cluster_err(what)(e)),
+                            }
+                        }
+                    }
+                }
+                Err(Error::Store(format!(
+                    "Secret {namespace}/{name} kept changing while {key} was written; try again"
+                )))
+            }
+        }
+    }
+
+    /// Removes a member's kubeconfig.
+    async fn remove(&self, entry: &Entry) -> Result<(), Error> {
+        match self {
+            Store::Dir(_) => std::fs::remove_file(&entry.location)
+                .map_err(|e| Error::Store(format!("removing {}: {e}", entry.location))),
+            Store::Secret {
+                api,
+                namespace,
+                name,
+            } => {
+                for _ in 0..5 {
+                    let Some(mut s) = self.secret().await? else {
+                        return Ok(());
+                    };
+                    let Some(data) = s.data.as_mut() else {
+                        return Ok(());
+                    };
+                    if data.remove(&entry.key).is_none() {
+                        return Ok(());
+                    }
+                    match api.replace(name, &PostParams::default(), &s).await {
+                        Ok(_) => return Ok(()),
+                        Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                        Err(e) => {
+                            return Err(cluster_err(format!(
+                                "removing {} from Secret {namespace}/{name}",
+                                entry.key
+                            ))(e));
+                        }
+                    }
+                }
+                Err(Error::Store(format!(
+                    "Secret {namespace}/{name} kept changing while {} was removed; try again",
+                    entry.key
+                )))
+            }
+        }
+    }
+}
+
+/// A folder builder that creates with mode 0700 (member credentials live there).
+trait Mode0700 {
+    fn mode_0700(&mut self) -> &mut Self;
+}
+
+impl Mode0700 for std::fs::DirBuilder {
+    fn mode_0700(&mut self) -> &mut Self {
+        use std::os::unix::fs::DirBuilderExt;
+        self.mode(0o700)
+    }
+}
+
+/// Writes `bytes` to `path` so that a reader (kimup's folder poll) sees the old file or the new
+/// one, never a part: a hidden temporary file (kimup skips hidden entries) with mode 0600 in
+/// the same folder, synced, then renamed over the target.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        // The rename itself is durable once the folder is synced.
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+// ---------------------------------------------------------------------------------------------
+// kimup cluster add
+
+/// What happened to one object: printed one line each.
+fn changed(before: Option<&str>, after: Option<&str>) -> &'static str {
+    match (before, after) {
+        (None, _) => "created",
+        (Some(a), Some(b)) if a == b => "unchanged",
+        _ => "updated",
+    }
+}
+
+/// Server-side applies `obj` (named `name`), refusing to take over an object kimup did not
+/// label; says whether it was created, updated or left unchanged.
+async fn apply_owned<K>(api: &Api<K>, name: &str, obj: &K, what: &str) -> Result<String, Error>
+where
+    K: Resource + Clone + std::fmt::Debug + DeserializeOwned + Serialize,
+{
+    let existing = api
+        .get_opt(name)
+        .await
+        .map_err(cluster_err(format!("reading {what}")))?;
+    if let Some(e) = &existing
+        && let Err(why) = owned(e.meta().labels.as_ref())
+    {
+        return Err(Error::Cluster {
+            what: format!("{what} exists already"),
+            reason: format!(
+                "{why}; kimup does not take over objects it did not create (use another --namespace, or remove it)"
+            ),
+        });
+    }
+    let applied = api
+        .patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(obj),
+        )
+        .await
+        .map_err(cluster_err(format!("applying {what}")))?;
+    let before = existing.and_then(|e| e.meta().resource_version.clone());
+    Ok(format!(
+        "{what}: {}",
+        changed(
+            before.as_deref(),
+            applied.meta().resource_version.as_deref()
+        )
+    ))
+}
+
+/// Installs or upgrades kimup's CRDs and waits until they are served.
+async fn apply_crds(client: &Client) -> Result<Vec<String>, Error> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut lines = Vec::new();
+    for crd in crate::api::crds() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        let what = format!("CRD {name}");
+        let before = api
+            .get_opt(&name)
+            .await
+            .map_err(cluster_err(format!("reading {what}")))?
+            .and_then(|c| c.metadata.resource_version);
+        let applied = api
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&crd),
+            )
+            .await
+            .map_err(cluster_err(format!("applying {what}")))?;
+        let established = kube::runtime::wait::await_condition(
+            api.clone(),
+            &name,
+            kube::runtime::wait::conditions::is_crd_established(),
+        );
+        match tokio::time::timeout(Duration::from_secs(60), established).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                return Err(Error::Cluster {
+                    what: format!("waiting for {what}"),
+                    reason: e.to_string(),
+                });
+            }
+            Err(_) => {
+                return Err(Error::Cluster {
+                    what: format!("waiting for {what}"),
+                    reason: "not Established after 60 s".into(),
+                });
+            }
+        }
+        lines.push(format!(
+            "{what}: {}",
+            changed(
+                before.as_deref(),
+                applied.metadata.resource_version.as_deref()
+            )
+        ));
+    }
+    Ok(lines)
+}
+
+/// A bound token of the ServiceAccount from the TokenRequest API, with the expiry the API
+/// server granted (it may cap the lifetime asked for).
+async fn bound_token(
+    client: &Client,
+    namespace: &str,
+    ttl: Duration,
+) -> Result<(String, Option<DateTime<Utc>>), Error> {
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            // None: the API server's own audiences, which is what it checks requests against.
+            audiences: None,
+            expiration_seconds: Some(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let status = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(SERVICE_ACCOUNT, &PostParams::default(), &request)
+        .await
+        .map_err(cluster_err(format!(
+            "requesting a token for ServiceAccount {namespace}/{SERVICE_ACCOUNT}"
+        )))?
+        .status
+        .ok_or_else(|| Error::Cluster {
+            what: "requesting a token".into(),
+            reason: "the API server answered without a token".into(),
+        })?;
+    let expires = status
+        .expiration_timestamp
+        .and_then(|t| DateTime::from_timestamp(t.0.as_second(), 0));
+    let token = status
+        .token
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Error::Cluster {
+            what: "requesting a token".into(),
+            reason: "the API server answered without a token".into(),
+        })?;
+    Ok((token, expires))
+}
+
+/// How long the token controller may take to fill a token Secret.
+const TOKEN_SECRET_WAIT: Duration = Duration::from_secs(30);
+
+/// The ServiceAccount token Secret's token, creating the Secret (or a new one, on `rotate`) and
+/// waiting for the token controller to fill it.
+async fn long_lived_token(client: &Client, namespace: &str, rotate: bool) -> Result<String, Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let what = format!("Secret {namespace}/{TOKEN_SECRET}");
+    let existing = api
+        .get_opt(TOKEN_SECRET)
+        .await
+        .map_err(cluster_err(format!("reading {what}")))?;
+    if let Some(s) = &existing
+        && let Err(why) = owned(s.metadata.labels.as_ref())
+    {
+        return Err(Error::Cluster {
+            what: format!("{what} exists already"),
+            reason: why,
+        });
+    }
+    let token_of = |s: &Secret| {
+        s.data
+            .as_ref()
+            .and_then(|d| d.get("token"))
+            .map(|t| String::from_utf8_lossy(&t.0).into_owned())
+            .filter(|t| !t.is_empty())
+    };
+    if rotate && existing.is_some() {
+        // Deleting the Secret revokes its token.
+        api.delete(TOKEN_SECRET, &DeleteParams::default())
+            .await
+            .map_err(cluster_err(format!("deleting {what} to rotate it")))?;
+        let deadline = tokio::time::Instant::now() + TOKEN_SECRET_WAIT;
+        while api
+            .get_opt(TOKEN_SECRET)
+            .await
+            .map_err(cluster_err(format!("reading {what}")))?
+            .is_some()
+        {
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::Cluster {
+                    what: format!("rotating {what}"),
+                    reason: "it was not deleted within 30 s".into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    } else if let Some(token) = existing.as_ref().and_then(token_of) {
+        return Ok(token);
+    }
+    if rotate || existing.is_none() {
+        let mut m = meta(TOKEN_SECRET, Some(namespace));
+        m.annotations = Some(BTreeMap::from([(
+            "kubernetes.io/service-account.name".to_string(),
+            SERVICE_ACCOUNT.to_string(),
+        )]));
+        let s = Secret {
+            metadata: m,
+            type_: Some("kubernetes.io/service-account-token".into()),
+            ..Default::default()
+        };
+        api.create(&PostParams::default(), &s)
+            .await
+            .map_err(cluster_err(format!("creating {what}")))?;
+    }
+    let deadline = tokio::time::Instant::now() + TOKEN_SECRET_WAIT;
+    loop {
+        let s = api
+            .get_opt(TOKEN_SECRET)
+            .await
+            .map_err(cluster_err(format!("reading {what}")))?;
+        if let Some(token) = s.as_ref().and_then(token_of) {
+            return Ok(token);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(Error::Cluster {
+                what: format!("waiting for the token of {what}"),
+                reason: "the token controller (kube-controller-manager) did not fill it within \
+                         30 s; without it, use a bound token (drop --long-lived)"
+                    .into(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Deletes an object kimup labelled; says what happened. Objects it did not label stay.
+async fn delete_owned<K>(api: &Api<K>, name: &str, what: &str) -> Result<String, Error>
+where
+    K: Resource + Clone + std::fmt::Debug + DeserializeOwned,
+{
+    let Some(existing) = api
+        .get_opt(name)
+        .await
+        .map_err(cluster_err(format!("reading {what}")))?
+    else {
+        return Ok(format!("{what}: absent"));
+    };
+    if let Err(why) = owned(existing.meta().labels.as_ref()) {
+        return Ok(format!("{what}: kept ({why})"));
+    }
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(format!("{what}: deleted")),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(format!("{what}: absent")),
+        Err(e) => Err(cluster_err(format!("deleting {what}"))(e)),
+    }
+}
+
+async fn add(args: &AddArgs) -> Result<(), Error> {
+    let name = args.name.clone().unwrap_or_else(|| args.context.clone());
+    check_name(&name).map_err(Error::Usage)?;
+    if args.namespace.is_empty() {
+        return Err(Error::Usage("--namespace must not be empty".into()));
+    }
+    if args.token_ttl < TOKEN_TTL_RANGE.0 || args.token_ttl > TOKEN_TTL_RANGE.1 {
+        return Err(Error::Usage(
+            "--token-ttl must be between 10m and 8760h (the TokenRequest API refuses less than 10 minutes)"
+                .into(),
+        ));
+    }
+    let ns = args.namespace.as_str();
+    let (kc, described) = admin_kubeconfig(args.kubeconfig.as_deref())?;
+    let (client, _) = client_of(&kc, &described, Some(&args.context)).await?;
+    let (mut entry, insecure) = admin_cluster(&kc, &args.context)?;
+    let store = Store::open(&args.store, true).await?;
+
+    let id = identity(&client, &format!("context {}", args.context)).await?;
+    println!(
+        "cluster {name}: context {}, {} (kube-system UID {id})",
+        args.context, entry.server
+    );
+
+    // A cluster is served once: refuse it under a second name. A member recorded by `add` says
+    // who it is; others are asked, with their own credentials.
+    let entries = store.entries().await?;
+    let mut same_name: Option<Entry> = None;
+    for (other, e) in &entries {
+        let stored = read_stored(&e.text);
+        let their_id = match &stored.record {
+            Some(r) => Some(r.identity.clone()),
+            None => match member_client(&e.text).await {
+                Ok(c) => match identity(&c, other).await {
+                    Ok(id) => Some(id),
+                    Err(err) => {
+                        eprintln!(
+                            "warning: cannot tell whether member {other} ({}) is this cluster: {err}",
+                            e.location
+                        );
+                        None
+                    }
+                },
+                Err(err) => {
+                    eprintln!(
+                        "warning: cannot tell whether member {other} ({}) is this cluster: {err}",
+                        e.location
+                    );
+                    None
+                }
+            },
+        };
+        if *other == name {
+            if let Some(theirs) = their_id
+                && theirs != id
+            {
+                return Err(Error::Usage(format!(
+                    "member {name} ({}) is another cluster (kube-system UID {theirs}): choose \
+                     another --name, or remove {name} first",
+                    e.location
+                )));
+            }
+            same_name = Some(e.clone());
+        } else if their_id.as_deref() == Some(id.as_str()) {
+            return Err(Error::Duplicate {
+                existing: other.clone(),
+                location: e.location.clone(),
+                identity: id,
+            });
+        }
+    }
+
+    if args.skip_crds {
+        println!("  CRDs: skipped (--skip-crds)");
+    } else {
+        for line in apply_crds(&client).await? {
+            println!("  {line}");
+        }
+    }
+    // The namespace is created when missing, never taken over: it may hold other things.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns_exists = namespaces
+        .get_opt(ns)
+        .await
+        .map_err(cluster_err(format!("reading namespace {ns}")))?
+        .is_some();
+    if ns_exists {
+        println!("  namespace {ns}: exists");
+    } else {
+        let n = Namespace {
+            metadata: meta(ns, None),
+            ..Default::default()
+        };
+        namespaces
+            .create(&PostParams::default(), &n)
+            .await
+            .map_err(cluster_err(format!("creating namespace {ns}")))?;
+        println!("  namespace {ns}: created");
+    }
+    let sa = ServiceAccount {
+        metadata: meta(SERVICE_ACCOUNT, Some(ns)),
+        ..Default::default()
+    };
+    let line = apply_owned(
+        &Api::<ServiceAccount>::namespaced(client.clone(), ns),
+        SERVICE_ACCOUNT,
+        &sa,
+        &format!("ServiceAccount {ns}/{SERVICE_ACCOUNT}"),
+    )
+    .await?;
+    println!("  {line}");
+    let line = apply_owned(
+        &Api::<ClusterRole>::all(client.clone()),
+        CLUSTER_ROLE,
+        &cluster_role(),
+        &format!("ClusterRole {CLUSTER_ROLE}"),
+    )
+    .await?;
+    println!("  {line}");
+    let line = apply_owned(
+        &Api::<ClusterRoleBinding>::all(client.clone()),
+        CLUSTER_ROLE,
+        &cluster_role_binding(ns),
+        &format!("ClusterRoleBinding {CLUSTER_ROLE}"),
+    )
+    .await?;
+    println!("  {line}");
+
+    // The CA: the administrator's, else (when it skips TLS checks) the cluster's own root CA.
+    if entry.ca_data.is_none() && insecure {
+        let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .get_opt("kube-root-ca.crt")
+            .await
+            .map_err(cluster_err(format!(
+                "reading ConfigMap {ns}/kube-root-ca.crt"
+            )))?;
+        let ca = cm
+            .and_then(|c| c.data)
+            .and_then(|d| d.get("ca.crt").cloned())
+            .ok_or_else(|| Error::Cluster {
+                what: "finding the cluster's CA".into(),
+                reason: format!(
+                    "the administrator's kubeconfig skips TLS verification and ConfigMap \
+                     {ns}/kube-root-ca.crt has no ca.crt; kimup never writes a kubeconfig that \
+                     skips TLS verification"
+                ),
+            })?;
+        entry.ca_data = Some(base64::engine::general_purpose::STANDARD.encode(ca));
+    }
+
+    let user = service_account_user(ns);
+    let stored = same_name
+        .as_ref()
+        .map(|e| read_stored(&e.text))
+        .unwrap_or_default();
+    let mut plan = plan_token(
+        stored.token.as_deref(),
+        &user,
+        args.long_lived,
+        args.rotate,
+        Utc::now(),
+    );
+    let record = MemberRecord {
+        identity: id.clone(),
+        namespace: ns.to_string(),
+        service_account: SERVICE_ACCOUNT.to_string(),
+        credential: if args.long_lived {
+            "long-lived"
+        } else {
+            "bound"
+        }
+        .into(),
+    };
+    // A kept token must still be accepted: a recreated ServiceAccount or a deleted token
+    // Secret makes it worthless whatever its dates say.
+    if let (TokenPlan::Keep(_), Some(token)) = (&plan, &stored.token) {
+        let text = member_kubeconfig(&name, &entry, token, &record);
+        let works = match member_client(&text).await {
+            Ok(c) => whoami(&c).await.map(|u| u == user).unwrap_or(false),
+            Err(_) => false,
+        };
+        if !works {
+            plan = TokenPlan::Mint("the API server no longer accepts the stored token".into());
+        }
+    }
+    let token_secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let token = match &plan {
+        TokenPlan::Keep(why) => {
+            println!("  credential: kept ({why})");
+            stored.token.clone().unwrap_or_default()
+        }
+        TokenPlan::Mint(why) if args.long_lived => {
+            let token = long_lived_token(&client, ns, args.rotate).await?;
+            println!("  credential: token of Secret {ns}/{TOKEN_SECRET}, never expires ({why})");
+            token
+        }
+        TokenPlan::Mint(why) => {
+            let (token, expires) = bound_token(&client, ns, args.token_ttl).await?;
+            let granted = expires.map(|e| (e - Utc::now()).to_std().unwrap_or_default());
+            let capped = granted.is_some_and(|g| g + Duration::from_secs(120) < args.token_ttl);
+            println!(
+                "  credential: bound token, expires {} ({why}){}",
+                expires
+                    .map(|e| e.to_rfc3339_opts(SecondsFormat::Secs, true))
+                    .unwrap_or_else(|| "at an unknown time".into()),
+                if capped {
+                    format!(
+                        "; the API server capped the {} asked for at {} (--service-account-max-token-expiration)",
+                        credential::human(args.token_ttl),
+                        credential::human(granted.unwrap_or_default())
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            // A long-lived token left behind would outlive the switch: revoke it.
+            if token_secrets
+                .get_opt(TOKEN_SECRET)
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+            {
+                let line = delete_owned(
+                    &token_secrets,
+                    TOKEN_SECRET,
+                    &format!("Secret {ns}/{TOKEN_SECRET} (the former long-lived token)"),
+                )
+                .await?;
+                println!("  {line}");
+            }
+            token
+        }
+    };
+
+    let text = member_kubeconfig(&name, &entry, &token, &record);
+    // Never store a kubeconfig that does not work: check it as kimup will use it.
+    let check = member_client(&text)
+        .await
+        .map_err(|reason| Error::Cluster {
+            what: "checking the new kubeconfig".into(),
+            reason,
+        })?;
+    let who = whoami(&check).await.map_err(cluster_err(
+        "checking the new kubeconfig against the API server",
+    ))?;
+    if who != user {
+        return Err(Error::Cluster {
+            what: "checking the new kubeconfig".into(),
+            reason: format!("the API server sees {who:?}, not {user}"),
+        });
+    }
+    let key = same_name
+        .map(|e| e.key)
+        .unwrap_or_else(|| format!("{name}.yaml"));
+    let wrote = store.write(&key, &text).await?;
+    println!(
+        "  kubeconfig {key} in {}: {}",
+        store.describe(),
+        if wrote { "written" } else { "unchanged" }
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// kimup cluster list
+
+/// One member as `kimup cluster list` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    /// Member name.
+    pub name: String,
+    /// Its kubeconfig file or Secret key.
+    pub source: String,
+    /// API server URL.
+    pub server: Option<String>,
+    /// kube-system UID, when it could be read.
+    pub identity: Option<String>,
+    /// Whether the API server answered.
+    pub reachable: bool,
+    /// Whether the Image and AlertConfig CRDs are served (None when not reachable).
+    pub crds: Option<bool>,
+    /// Whether the member's own credential is allowed every rule of the set (None when not
+    /// checked).
+    pub rbac_sufficient: Option<bool>,
+    /// The rules refused, `verb group/resource`.
+    pub rbac_missing: Vec<String>,
+    /// `token`, `token (no expiry)`, `client certificate`, `exec plugin`, ...
+    pub credential: String,
+    /// When the credential expires (RFC 3339), when it says.
+    pub credential_expiry: Option<String>,
+    /// A warning about the credential (expiring, expired).
+    pub warning: Option<String>,
+    /// Images in the member (None when not counted).
+    pub images: Option<usize>,
+    /// What went wrong, if anything.
+    pub error: Option<String>,
+}
+
+async fn status_of(name: String, e: Entry) -> MemberStatus {
+    let mut s = MemberStatus {
+        name,
+        source: e.location.clone(),
+        ..Default::default()
+    };
+    let parsed = Kubeconfig::from_yaml(&e.text);
+    if let Ok(kc) = &parsed {
+        let context = kc
+            .current_context
+            .clone()
+            .or_else(|| kc.contexts.first().map(|c| c.name.clone()))
+            .unwrap_or_default();
+        let cred = credential::of_kubeconfig(kc, &context);
+        s.credential = cred.describe();
+        if let Some(exp) = cred.expiry() {
+            s.credential_expiry = Some(exp.expires.to_rfc3339_opts(SecondsFormat::Secs, true));
+            s.warning = credential::warning(exp, Utc::now());
+        }
+        s.server = admin_cluster(kc, &context).ok().map(|(c, _)| c.server);
+    }
+    let client = match member_client(&e.text).await {
+        Ok(c) => c,
+        Err(err) => {
+            s.error = Some(err);
+            return s;
+        }
+    };
+    match identity(&client, "the member").await {
+        Ok(id) => {
+            s.reachable = true;
+            s.identity = Some(id);
+        }
+        Err(err) => {
+            s.reachable = !err.to_string().contains("unreachable");
+            s.error = Some(err.to_string());
+        }
+    }
+    if !s.reachable {
+        return s;
+    }
+    // Discovery is open to every authenticated user, whatever its rules.
+    s.crds = Some(
+        match client
+            .list_api_group_resources("kimup.cloudavenue.io/v1alpha1")
+            .await
+        {
+            Ok(list) => ["images", "alertconfigs"]
+                .iter()
+                .all(|r| list.resources.iter().any(|x| x.name == *r)),
+            Err(_) => false,
+        },
+    );
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let mut missing = Vec::new();
+    let mut checked = true;
+    for attrs in rbac::access_checks() {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(attrs.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        match reviews.create(&PostParams::default(), &review).await {
+            Ok(r) if r.status.as_ref().is_some_and(|st| st.allowed) => {}
+            Ok(_) => missing.push(rbac::describe(&attrs)),
+            Err(err) => {
+                checked = false;
+                s.error
+                    .get_or_insert(format!("SelfSubjectAccessReview: {}", api_reason(&err)));
+                break;
+            }
+        }
+    }
+    if checked {
+        s.rbac_sufficient = Some(missing.is_empty());
+        s.rbac_missing = missing;
+    }
+    if s.crds == Some(true) {
+        let images: Api<crate::api::Image> = Api::all(client);
+        let mut count = 0usize;
+        let mut params = ListParams::default().limit(500);
+        loop {
+            match images.list_metadata(&params).await {
+                Ok(page) => {
+                    count += page.items.len();
+                    match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                        Some(c) => params = params.continue_token(&c),
+                        None => {
+                            s.images = Some(count);
+                            break;
+                        }
+                    }
+                }
+                Err(err) => {
+                    s.error
+                        .get_or_insert(format!("listing Images: {}", api_reason(&err)));
+                    break;
+                }
+            }
+        }
+    }
+    s
+}
+
+/// The table of `kimup cluster list` (pure).
+pub fn table(members: &[MemberStatus]) -> String {
+    let yes_no = |b: Option<bool>| match b {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "-",
+    };
+    let mut rows = vec![vec![
+        "NAME".to_string(),
+        "SERVER".into(),
+        "IDENTITY".into(),
+        "REACHABLE".into(),
+        "CRDS".into(),
+        "RBAC".into(),
+        "CREDENTIAL".into(),
+        "EXPIRES".into(),
+        "IMAGES".into(),
+    ]];
+    for m in members {
+        rows.push(vec![
+            m.name.clone(),
+            m.server.clone().unwrap_or_else(|| "-".into()),
+            m.identity.clone().unwrap_or_else(|| "-".into()),
+            yes_no(Some(m.reachable)).into(),
+            yes_no(m.crds).into(),
+            yes_no(m.rbac_sufficient).into(),
+            m.credential.clone(),
+            m.credential_expiry.clone().unwrap_or_else(|| "-".into()),
+            m.images
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    for m in members {
+        if let Some(e) = &m.error {
+            out.push_str(&format!("{}: {e}\n", m.name));
+        }
+        if !m.rbac_missing.is_empty() {
+            out.push_str(&format!(
+                "{}: its credential may not {}\n",
+                m.name,
+                m.rbac_missing.join(", ")
+            ));
+        }
+        if let Some(w) = &m.warning {
+            out.push_str(&format!("{}: {w}\n", m.name));
+        }
+    }
+    out
+}
+
+async fn list(args: &ListArgs) -> Result<(), Error> {
+    let store = Store::open(&args.store, false).await?;
+    let entries = store.entries().await?;
+    let members =
+        futures::future::join_all(entries.into_iter().map(|(name, e)| status_of(name, e))).await;
+    match args.output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&members).unwrap_or_default()
+        ),
+        Output::Table => print!("{}", table(&members)),
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// kimup cluster remove
+
+async fn remove(args: &RemoveArgs) -> Result<(), Error> {
+    let store = Store::open(&args.store, false).await?;
+    let entries = store.entries().await?;
+    let entry = entries.get(&args.name).cloned();
+    if entry.is_none() && !args.purge {
+        let names: Vec<&str> = entries.keys().map(String::as_str).collect();
+        return Err(Error::Usage(format!(
+            "no member named {} in {} (members: {})",
+            args.name,
+            store.describe(),
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        )));
+    }
+    let record = entry.as_ref().and_then(|e| read_stored(&e.text).record);
+    if args.purge {
+        let context = args.context.clone().unwrap_or_default();
+        let (kc, described) = admin_kubeconfig(args.kubeconfig.as_deref())?;
+        let (client, _) = client_of(&kc, &described, Some(&context)).await?;
+        let id = identity(&client, &format!("context {context}")).await?;
+        // Purging the wrong cluster would revoke another member's access: the identity recorded
+        // by `add` must be the one the administrator's context reaches.
+        if let Some(r) = &record
+            && r.identity != id
+        {
+            return Err(Error::Usage(format!(
+                "context {context} reaches the cluster whose kube-system UID is {id}, but member \
+                 {} is {}: nothing purged",
+                args.name, r.identity
+            )));
+        }
+        let ns = args
+            .namespace
+            .clone()
+            .or_else(|| record.as_ref().map(|r| r.namespace.clone()))
+            .unwrap_or_else(|| "kimup".into());
+        println!("purging cluster {} (kube-system UID {id}):", args.name);
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        for line in [
+            delete_owned(
+                &Api::<ClusterRoleBinding>::all(client.clone()),
+                CLUSTER_ROLE,
+                &format!("ClusterRoleBinding {CLUSTER_ROLE}"),
+            )
+            .await?,
+            delete_owned(
+                &Api::<ClusterRole>::all(client.clone()),
+                CLUSTER_ROLE,
+                &format!("ClusterRole {CLUSTER_ROLE}"),
+            )
+            .await?,
+            delete_owned(
+                &secrets,
+                TOKEN_SECRET,
+                &format!("Secret {ns}/{TOKEN_SECRET}"),
+            )
+            .await?,
+            // Deleting the ServiceAccount revokes every token bound to it.
+            delete_owned(
+                &Api::<ServiceAccount>::namespaced(client.clone(), &ns),
+                SERVICE_ACCOUNT,
+                &format!("ServiceAccount {ns}/{SERVICE_ACCOUNT}"),
+            )
+            .await?,
+        ] {
+            println!("  {line}");
+        }
+        println!("  namespace {ns}, CRDs and Images: kept");
+    }
+    match entry {
+        Some(e) => {
+            store.remove(&e).await?;
+            println!("removed member {} ({})", args.name, e.location);
+        }
+        None => println!(
+            "no kubeconfig named {} in {}: nothing else to remove",
+            args.name,
+            store.describe()
+        ),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(s: &str) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+    }
+
+    fn jwt(claims: &str) -> String {
+        format!("{}.{}.sig", b64(r#"{"alg":"RS256"}"#), b64(claims))
+    }
+
+    fn record() -> MemberRecord {
+        MemberRecord {
+            identity: "uid-1".into(),
+            namespace: "kimup".into(),
+            service_account: "kimup".into(),
+            credential: "bound".into(),
+        }
+    }
+
+    #[test]
+    fn names_must_be_file_stems_and_secret_keys() {
+        for ok in ["prod", "eu-west-1", "a.b_c", "x"] {
+            assert_eq!(check_name(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            ".hidden",
+            "a/b",
+            "arn:aws:eks:eu-west-1:1:cluster/prod",
+            "gke_p_z_c x",
+            &"a".repeat(201),
+        ] {
+            let e = check_name(bad).expect_err(bad);
+            assert!(e.contains("--name"), "{e}");
+        }
+    }
+
+    #[test]
+    fn kubeconfig_holds_the_token_and_nothing_else_of_the_admin() {
+        let entry = ClusterEntry {
+            server: "https://10.0.0.1:6443".into(),
+            ca_data: Some("Q0E=".into()),
+            tls_server_name: Some("kubernetes".into()),
+            proxy_url: None,
+        };
+        let text = member_kubeconfig("prod", &entry, "tok.en.x", &record());
+        assert_eq!(
+            text,
+            member_kubeconfig("prod", &entry, "tok.en.x", &record()),
+            "deterministic"
+        );
+        let kc = Kubeconfig::from_yaml(&text).expect("kube reads it");
+        assert_eq!(kc.current_context.as_deref(), Some("prod"));
+        let members = clusters::members_of(Path::new("/k/prod.yaml"), &text, Ok(kc), false);
+        assert_eq!(members.len(), 1);
+        assert_eq!(members[0].name, "prod");
+        assert!(members[0].source.is_ok(), "kimup run accepts it");
+        for absent in ["client-key", "client-certificate", "exec", "insecure"] {
+            assert!(!text.contains(absent), "{absent} in {text}");
+        }
+        let stored = read_stored(&text);
+        assert_eq!(stored.record, Some(record()));
+        assert_eq!(stored.token.as_deref(), Some("tok.en.x"));
+        assert_eq!(stored.server.as_deref(), Some("https://10.0.0.1:6443"));
+        assert!(text.contains("tls-server-name: kubernetes"));
+        assert_eq!(read_stored("{{{"), Stored::default());
+        // A kubeconfig written by hand: no record.
+        let plain =
+            "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://h'}}]\n";
+        assert_eq!(read_stored(plain).record, None);
+    }
+
+    #[test]
+    fn token_kept_while_more_than_half_is_left() {
+        let user = service_account_user("kimup");
+        let now = DateTime::from_timestamp(1_000_000, 0).expect("t");
+        let bound = jwt(&format!(r#"{{"sub":"{user}","iat":990000,"exp":1090000}}"#));
+        assert!(matches!(
+            plan_token(Some(&bound), &user, false, false, now),
+            TokenPlan::Keep(_)
+        ));
+        assert!(matches!(
+            plan_token(Some(&bound), &user, false, true, now),
+            TokenPlan::Mint(w) if w == "--rotate"
+        ));
+        let late = DateTime::from_timestamp(1_050_000, 0).expect("t");
+        assert!(matches!(
+            plan_token(Some(&bound), &user, false, false, late),
+            TokenPlan::Mint(w) if w.contains("under half")
+        ));
+        assert!(matches!(
+            plan_token(
+                Some(&bound),
+                &service_account_user("other"),
+                false,
+                false,
+                now
+            ),
+            TokenPlan::Mint(_)
+        ));
+        assert!(matches!(
+            plan_token(None, &user, false, false, now),
+            TokenPlan::Mint(_)
+        ));
+        assert!(matches!(
+            plan_token(Some(&bound), &user, true, false, now),
+            TokenPlan::Mint(w) if w.contains("long-lived")
+        ));
+        let legacy = jwt(&format!(r#"{{"sub":"{user}"}}"#));
+        assert!(matches!(
+            plan_token(Some(&legacy), &user, true, false, now),
+            TokenPlan::Keep(_)
+        ));
+        assert!(matches!(
+            plan_token(Some(&legacy), &user, false, false, now),
+            TokenPlan::Mint(w) if w.contains("bound")
+        ));
+        assert!(matches!(
+            plan_token(Some("not-a-jwt"), &user, false, false, now),
+            TokenPlan::Mint(_)
+        ));
+    }
+
+    #[test]
+    fn only_labelled_objects_are_kimups() {
+        assert_eq!(owned(Some(&labels())), Ok(()));
+        let helm = BTreeMap::from([(MANAGED_BY.0.to_string(), "Helm".to_string())]);
+        assert!(owned(Some(&helm)).expect_err("helm's").contains("Helm"));
+        assert!(owned(None).is_err());
+        assert!(owned(Some(&BTreeMap::new())).is_err());
+    }
+
+    #[test]
+    fn the_cluster_role_is_the_rule_set() {
+        let role = cluster_role();
+        assert_eq!(role.rules, Some(rbac::policy_rules()));
+        assert_eq!(role.metadata.name.as_deref(), Some(CLUSTER_ROLE));
+        let binding = cluster_role_binding("ops");
+        let subject = &binding.subjects.expect("subjects")[0];
+        assert_eq!(
+            (subject.name.as_str(), subject.namespace.as_deref()),
+            ("kimup", Some("ops"))
+        );
+        assert_eq!(binding.role_ref.name, CLUSTER_ROLE);
+    }
+
+    #[test]
+    fn errors_exit_two_for_usage_and_one_for_failures() {
+        assert_eq!(Error::Usage("x".into()).exit_code(), 2);
+        assert_eq!(
+            Error::Duplicate {
+                existing: "a".into(),
+                location: "/k/a.yaml".into(),
+                identity: "u".into()
+            }
+            .exit_code(),
+            2
+        );
+        assert_eq!(
+            Error::Cluster {
+                what: "w".into(),
+                reason: "r".into()
+            }
+            .exit_code(),
+            1
+        );
+        assert_eq!(Error::Store("s".into()).exit_code(), 1);
+    }
+
+    #[test]
+    fn the_table_shows_every_member_and_its_problems() {
+        let members = vec![
+            MemberStatus {
+                name: "east".into(),
+                server: Some("https://e".into()),
+                identity: Some("uid-e".into()),
+                reachable: true,
+                crds: Some(true),
+                rbac_sufficient: Some(false),
+                rbac_missing: vec!["watch apps/deployments".into()],
+                credential: "token".into(),
+                credential_expiry: Some("2026-12-06T10:00:00Z".into()),
+                images: Some(3),
+                ..Default::default()
+            },
+            MemberStatus {
+                name: "west".into(),
+                credential: "client certificate".into(),
+                error: Some("unreachable: connection refused".into()),
+                ..Default::default()
+            },
+        ];
+        let t = table(&members);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("NAME  SERVER"), "{t}");
+        assert!(lines[1].contains("uid-e") && lines[1].ends_with("3"), "{t}");
+        assert!(
+            lines[2].starts_with("west") && lines[2].contains(" no "),
+            "{t}"
+        );
+        assert!(t.contains("east: its credential may not watch apps/deployments"));
+        assert!(t.contains("west: unreachable"));
+    }
+
+    #[test]
+    fn files_are_written_whole_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("prod.yaml");
+        write_atomically(&p, b"one").expect("write");
+        write_atomically(&p, b"two").expect("overwrite");
+        assert_eq!(std::fs::read(&p).expect("read"), b"two");
+        let mode = std::fs::metadata(&p).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "no temporary file left: {names:?}");
+    }
+}
