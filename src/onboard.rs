@@ -1181,9 +1181,9 @@ async fn add(args: &AddArgs) -> Result<(), Error> {
     let (kc, described) = admin_kubeconfig(args.kubeconfig.as_deref())?;
     let (client, _) = client_of(&kc, &described, Some(&args.context)).await?;
     let (mut entry, insecure) = admin_cluster(&kc, &args.context)?;
-    let store = Store::open(&args.store, true).await?;
 
     let id = identity(&client, &format!("context {}", args.context)).await?;
+    let store = Store::open(&args.store, true).await?;
     println!(
         "cluster {name}: context {}, {} (kube-system UID {id})",
         args.context, entry.server
@@ -1295,24 +1295,34 @@ async fn add(args: &AddArgs) -> Result<(), Error> {
 
     // The CA: the administrator's, else (when it skips TLS checks) the cluster's own root CA.
     if entry.ca_data.is_none() && insecure {
-        let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
-            .get_opt("kube-root-ca.crt")
-            .await
-            .map_err(cluster_err(format!(
-                "reading ConfigMap {ns}/kube-root-ca.crt"
-            )))?;
-        let ca = cm
-            .and_then(|c| c.data)
-            .and_then(|d| d.get("ca.crt").cloned())
-            .ok_or_else(|| Error::Cluster {
-                what: "finding the cluster's CA".into(),
-                reason: format!(
-                    "the administrator's kubeconfig skips TLS verification and ConfigMap \
-                     {ns}/kube-root-ca.crt has no ca.crt; kimup never writes a kubeconfig that \
-                     skips TLS verification"
-                ),
-            })?;
+        // kube-controller-manager publishes it in every namespace; kube-system has had it since
+        // the cluster started, a namespace just created may not have it yet.
+        let mut ca = None;
+        for namespace in ["kube-system", ns] {
+            let cm = Api::<ConfigMap>::namespaced(client.clone(), namespace)
+                .get_opt("kube-root-ca.crt")
+                .await
+                .map_err(cluster_err(format!(
+                    "reading ConfigMap {namespace}/kube-root-ca.crt"
+                )))?;
+            ca = cm
+                .and_then(|c| c.data)
+                .and_then(|d| d.get("ca.crt").cloned());
+            if ca.is_some() {
+                break;
+            }
+        }
+        let ca = ca.ok_or_else(|| Error::Cluster {
+            what: "finding the cluster's CA".into(),
+            reason: "the administrator's kubeconfig skips TLS verification and no \
+                     kube-root-ca.crt ConfigMap has a ca.crt; kimup never writes a kubeconfig \
+                     that skips TLS verification"
+                .into(),
+        })?;
         entry.ca_data = Some(base64::engine::general_purpose::STANDARD.encode(ca));
+        println!(
+            "  CA: from ConfigMap kube-root-ca.crt (the administrator's kubeconfig skips TLS verification)"
+        );
     }
 
     let user = service_account_user(ns);
@@ -1493,14 +1503,21 @@ async fn status_of(name: String, e: Entry) -> MemberStatus {
             return s;
         }
     };
-    match identity(&client, "the member").await {
-        Ok(id) => {
+    // Any answer of the API server, a refusal included, means it is reachable.
+    match Api::<Namespace>::all(client.clone())
+        .get_metadata("kube-system")
+        .await
+    {
+        Ok(ns) => {
             s.reachable = true;
-            s.identity = Some(id);
+            s.identity = ns.metadata.uid;
         }
         Err(err) => {
-            s.reachable = !err.to_string().contains("unreachable");
-            s.error = Some(err.to_string());
+            s.reachable = matches!(err, kube::Error::Api(_));
+            s.error = Some(format!(
+                "reading its identity (kube-system): {}",
+                api_reason(&err)
+            ));
         }
     }
     if !s.reachable {

@@ -272,6 +272,43 @@ async fn an_added_cluster_is_served_with_only_kimups_rules() {
         "{}",
         out.stderr
     );
+    let closed = free_port().expect("port");
+    let unreachable = env.run_dir.join("unreachable.yaml");
+    std::fs::write(
+        &unreachable,
+        admin
+            .kubeconfig_yaml
+            .replace(&admin.url, &format!("https://127.0.0.1:{closed}")),
+    )
+    .expect("write");
+    let out = kimup(&[
+        "cluster",
+        "add",
+        "cluster-2",
+        "--kubeconfig",
+        path(&unreachable),
+        "--kubeconfig-dir",
+        d,
+    ])
+    .await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("unreachable"), "{}", out.stderr);
+    let out = kimup(&[
+        "cluster",
+        "add",
+        "cluster-2",
+        "--kubeconfig",
+        "/nonexistent/admin.yaml",
+        "--kubeconfig-dir",
+        d,
+    ])
+    .await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("/nonexistent/admin.yaml"),
+        "{}",
+        out.stderr
+    );
     let nobody = env.run_dir.join("nobody.yaml");
     std::fs::write(
         &nobody,
@@ -715,8 +752,49 @@ async fn long_lived_credential_in_the_home_secret_and_purge() {
         "ops",
     ];
     add.extend(store);
-    let out = kimup(&add).await;
+    // The first time with an administrator's kubeconfig that skips TLS verification: the CA
+    // then comes from the cluster's kube-root-ca.crt, and the member kubeconfig verifies.
+    let mut insecure: serde_yaml::Value =
+        serde_yaml::from_str(&member.kubeconfig_yaml).expect("yaml");
+    let cluster = &mut insecure["clusters"][0]["cluster"];
+    let admin_ca = cluster["certificate-authority-data"].clone();
+    if let serde_yaml::Value::Mapping(m) = cluster {
+        m.remove("certificate-authority-data");
+        m.insert("insecure-skip-tls-verify".into(), true.into());
+    }
+    let insecure_kc = env.run_dir.join("insecure-admin.yaml");
+    std::fs::write(
+        &insecure_kc,
+        serde_yaml::to_string(&insecure).expect("yaml"),
+    )
+    .expect("write");
+    let mut add_insecure = add.clone();
+    add_insecure[4] = path(&insecure_kc);
+    // The root CA publisher may still be starting: only its ConfigMap in kube-system is needed.
+    wait_until(
+        "kube-root-ca.crt published",
+        Duration::from_secs(30),
+        || {
+            let c = member_client.clone();
+            async move {
+                Ok(
+                    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(c, "kube-system")
+                        .get_opt("kube-root-ca.crt")
+                        .await?
+                        .is_some(),
+                )
+            }
+        },
+    )
+    .await
+    .expect("root CA published");
+    let out = kimup(&add_insecure).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("CA: from ConfigMap kube-root-ca.crt"),
+        "{}",
+        out.stdout
+    );
     assert!(out.stdout.contains("never expires"), "{}", out.stdout);
     let secrets: Api<Secret> = Api::namespaced(home_client.clone(), "kimup");
     let stored = secrets.get("clusters").await.expect("the Secret");
@@ -727,6 +805,13 @@ async fn long_lived_credential_in_the_home_secret_and_purge() {
         kimup::credential::token_expiry(&token),
         None,
         "a token without expiry"
+    );
+    let written: serde_yaml::Value = serde_yaml::from_str(&text).expect("yaml");
+    let written = &written["clusters"][0]["cluster"];
+    assert_eq!(written["insecure-skip-tls-verify"], serde_yaml::Value::Null);
+    assert_eq!(
+        written["certificate-authority-data"], admin_ca,
+        "the cluster's CA"
     );
     let token_secret = Api::<Secret>::namespaced(member_client.clone(), "ops")
         .get("kimup-token")
