@@ -103,7 +103,7 @@ pub struct AddArgs {
     pub skip_crds: bool,
     /// Lifetime asked for the bound token (the API server may cap it; the real expiry is read
     /// back). Between 10m and 8760h.
-    #[arg(long, default_value = "168h", value_parser = parse_duration)]
+    #[arg(long, default_value = "168h", value_parser = parse_duration, conflicts_with = "long_lived")]
     pub token_ttl: Duration,
     /// A ServiceAccount token Secret instead: never expires, valid until the Secret is deleted.
     #[arg(long)]
@@ -1390,22 +1390,6 @@ async fn add(args: &AddArgs) -> Result<(), Error> {
                     String::new()
                 }
             );
-            // A long-lived token left behind would outlive the switch: revoke it.
-            if token_secrets
-                .get_opt(TOKEN_SECRET)
-                .await
-                .ok()
-                .flatten()
-                .is_some()
-            {
-                let line = delete_owned(
-                    &token_secrets,
-                    TOKEN_SECRET,
-                    &format!("Secret {ns}/{TOKEN_SECRET} (the former long-lived token)"),
-                )
-                .await?;
-                println!("  {line}");
-            }
             token
         }
     };
@@ -1436,6 +1420,23 @@ async fn add(args: &AddArgs) -> Result<(), Error> {
         store.describe(),
         if wrote { "written" } else { "unchanged" }
     );
+    // A long-lived token left behind by a switch to a bound one would outlive it: revoked once
+    // the new kubeconfig is stored, so kimup is never left without a working credential.
+    if !args.long_lived
+        && token_secrets
+            .get_opt(TOKEN_SECRET)
+            .await
+            .map_err(cluster_err(format!("reading Secret {ns}/{TOKEN_SECRET}")))?
+            .is_some()
+    {
+        let line = delete_owned(
+            &token_secrets,
+            TOKEN_SECRET,
+            &format!("Secret {ns}/{TOKEN_SECRET} (the former long-lived token)"),
+        )
+        .await?;
+        println!("  {line}");
+    }
     Ok(())
 }
 

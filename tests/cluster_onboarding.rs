@@ -860,6 +860,43 @@ async fn long_lived_credential_in_the_home_secret_and_purge() {
     assert_eq!(members[0].rbac_sufficient, Some(true), "{:#?}", members[0]);
     assert_eq!(members[0].images, Some(0));
 
+    // Back to a bound token: the long-lived one is revoked once the new kubeconfig is stored.
+    let bound: Vec<&str> = add
+        .iter()
+        .copied()
+        .filter(|a| *a != "--long-lived")
+        .collect();
+    let out = kimup(&bound).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("switching to a bound token")
+            && out
+                .stdout
+                .contains("(the former long-lived token): deleted"),
+        "{}",
+        out.stdout
+    );
+    let stored = secrets.get("clusters").await.expect("the Secret");
+    let text_bound =
+        String::from_utf8(stored.data.expect("data")["cluster-1.yaml"].0.clone()).expect("utf-8");
+    assert!(kimup::credential::token_expiry(&token_of(&text_bound)).is_some());
+    let old = client_of(&text).await;
+    wait_until(
+        "the long-lived token refused (401)",
+        Duration::from_secs(10),
+        || {
+            let c = old.clone();
+            async move {
+                Ok(matches!(
+                    Api::<Namespace>::all(c).get("kube-system").await,
+                    Err(kube::Error::Api(s)) if s.code == 401
+                ))
+            }
+        },
+    )
+    .await
+    .expect("revoked");
+
     // Purging needs the right cluster: the home cluster's admin context is refused.
     let mut wrong = vec![
         "cluster",
@@ -949,7 +986,7 @@ async fn long_lived_credential_in_the_home_secret_and_purge() {
     );
     // The API server's ServiceAccount lookup reads its own caches: the revocation lands within
     // moments of the deletes.
-    let revoked = client_of(&text).await;
+    let revoked = client_of(&text_bound).await;
     wait_until(
         "the purged token refused (401)",
         Duration::from_secs(10),
