@@ -273,7 +273,9 @@ pub fn human(d: Duration) -> String {
     match (days, hours, mins) {
         (0, 0, 0) => format!("{s}s"),
         (0, 0, m) => format!("{m}m"),
+        (0, h, 0) => format!("{h}h"),
         (0, h, m) => format!("{h}h{m}m"),
+        (d, 0, _) => format!("{d}d"),
         (d, h, _) => format!("{d}d{h}h"),
     }
 }
@@ -346,7 +348,7 @@ mod tests {
         assert_eq!(freshness(&day, t(86_400)), Freshness::Expired);
         let w = warning(&day, t(86_400 - 3600)).expect("warning");
         assert!(
-            w.contains("1970-01-02T00:00:00Z") && w.contains("in 1h0m"),
+            w.contains("1970-01-02T00:00:00Z") && w.contains("in 1h)"),
             "{w}"
         );
         assert!(warning(&day, t(90_000)).expect("w").contains("expired"));
@@ -436,5 +438,7 @@ mod tests {
         assert_eq!(human(Duration::from_secs(7 * 60)), "7m");
         assert_eq!(human(Duration::from_secs(5 * 3600 + 12 * 60)), "5h12m");
         assert_eq!(human(Duration::from_secs(3 * 86_400 + 4 * 3600)), "3d4h");
+        assert_eq!(human(Duration::from_secs(3600)), "1h");
+        assert_eq!(human(Duration::from_secs(7 * 86_400)), "7d");
     }
 }

@@ -1373,7 +1373,10 @@ async fn add(args: &AddArgs) -> Result<(), Error> {
         }
         TokenPlan::Mint(why) => {
             let (token, expires) = bound_token(&client, ns, args.token_ttl).await?;
-            let granted = expires.map(|e| (e - Utc::now()).to_std().unwrap_or_default());
+            // The token's own dates say what was granted (iat to exp); else the time left.
+            let granted = credential::token_expiry(&token)
+                .and_then(|e| e.lifetime())
+                .or_else(|| expires.map(|e| (e - Utc::now()).to_std().unwrap_or_default()));
             let capped = granted.is_some_and(|g| g + Duration::from_secs(120) < args.token_ttl);
             println!(
                 "  credential: bound token, expires {} ({why}){}",

@@ -728,6 +728,8 @@ async fn long_lived_credential_in_the_home_secret_and_purge() {
         .name("onboarding-secret")
         .clusters(2)
         .controller_manager()
+        // Caps bound tokens at an hour: `add` asks for 7 days and must say what it got.
+        .apiserver_flag("--service-account-max-token-expiration=1h")
         .start()
         .await
         .expect("env");
@@ -879,7 +881,20 @@ async fn long_lived_credential_in_the_home_secret_and_purge() {
     let stored = secrets.get("clusters").await.expect("the Secret");
     let text_bound =
         String::from_utf8(stored.data.expect("data")["cluster-1.yaml"].0.clone()).expect("utf-8");
-    assert!(kimup::credential::token_expiry(&token_of(&text_bound)).is_some());
+    let granted = kimup::credential::token_expiry(&token_of(&text_bound))
+        .and_then(|e| e.lifetime())
+        .expect("a bound token");
+    assert_eq!(
+        granted,
+        Duration::from_secs(3600),
+        "capped by the API server"
+    );
+    assert!(
+        out.stdout
+            .contains("the API server capped the 7d asked for at 1h "),
+        "{}",
+        out.stdout
+    );
     let old = client_of(&text).await;
     wait_until(
         "the long-lived token refused (401)",

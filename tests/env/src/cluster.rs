@@ -117,7 +117,8 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts an API server on `etcd` under prefix `/<name>` and waits until /readyz is ok; with
-    /// `audit`, it logs every write (metadata only) to `<log_dir>/audit-<name>.log`.
+    /// `audit`, it logs every write (metadata only) to `<log_dir>/audit-<name>.log`; `extra`
+    /// flags are appended.
     pub async fn start(
         name: &str,
         bins: &Binaries,
@@ -125,6 +126,7 @@ impl Cluster {
         dir: &Path,
         log_dir: &Path,
         audit: bool,
+        extra: &[String],
     ) -> Result<Self> {
         let dir = dir.join(name);
         let cert_dir = dir.join("pki");
@@ -174,6 +176,7 @@ impl Cluster {
             "--endpoint-reconciler-type=none".to_string(),
             "--v=1".to_string(),
         ];
+        args.extend(extra.iter().cloned());
         let audit_log_path = if audit {
             let policy = write("audit-policy.yaml", AUDIT_POLICY)?;
             let path = log_dir.join(format!("audit-{name}.log"));

@@ -71,6 +71,7 @@ pub struct Builder {
     toxiproxy: bool,
     jaeger: bool,
     controller_manager: bool,
+    apiserver_flags: Vec<String>,
 }
 
 impl Builder {
@@ -105,6 +106,13 @@ impl Builder {
     /// `kube-root-ca.crt` ConfigMap of every namespace).
     pub fn controller_manager(mut self) -> Self {
         self.controller_manager = true;
+        self
+    }
+
+    /// Pass an extra flag to every kube-apiserver, e.g.
+    /// `--service-account-max-token-expiration=1h`.
+    pub fn apiserver_flag(mut self, flag: &str) -> Self {
+        self.apiserver_flags.push(flag.to_string());
         self
     }
 
@@ -209,7 +217,8 @@ impl TestEnv {
             let starts = (0..b.clusters).map(|i| {
                 let name = format!("cluster-{i}");
                 let (etcd, data, logs, audit) = (&etcd, &data, &logs, b.audit_log);
-                async move { Cluster::start(&name, bins, etcd, data, logs, audit).await }
+                let extra = &b.apiserver_flags;
+                async move { Cluster::start(&name, bins, etcd, data, logs, audit, extra).await }
             });
             for c in futures::future::join_all(starts).await {
                 env.clusters.push(c.with_context(ctx)?);
