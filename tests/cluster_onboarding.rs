@@ -862,6 +862,46 @@ async fn long_lived_credential_in_the_home_secret_and_purge() {
     assert_eq!(members[0].rbac_sufficient, Some(true), "{:#?}", members[0]);
     assert_eq!(members[0].images, Some(0));
 
+    // Rules that drifted (someone dropped the events rule) show in `list`, and `add` restores them.
+    let roles: Api<ClusterRole> = Api::all(member_client.clone());
+    let mut role = roles.get("kimup-member").await.expect("role");
+    if let Some(rules) = role.rules.as_mut() {
+        rules.retain(|r| r.api_groups != Some(vec!["events.k8s.io".to_string()]));
+    }
+    role.metadata.managed_fields = None;
+    roles
+        .replace("kimup-member", &PostParams::default(), &role)
+        .await
+        .expect("drop a rule");
+    // The authorizer's RBAC caches follow the change within moments.
+    wait_until(
+        "list reports the missing rules",
+        Duration::from_secs(10),
+        || {
+            let list = list.clone();
+            async move {
+                let out = kimup(&list).await;
+                let members: Vec<MemberStatus> = serde_json::from_str(&out.stdout)?;
+                Ok(members[0].rbac_sufficient == Some(false)
+                    && members[0].rbac_missing
+                        == ["create events.k8s.io/events", "patch events.k8s.io/events"])
+            }
+        },
+    )
+    .await
+    .expect("drift reported");
+    let out = kimup(&add).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("ClusterRole kimup-member: updated"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        roles.get("kimup-member").await.expect("role").rules,
+        Some(kimup::rbac::policy_rules())
+    );
+
     // Back to a bound token: the long-lived one is revoked once the new kubeconfig is stored.
     let bound: Vec<&str> = add
         .iter()
