@@ -1089,6 +1089,31 @@ async fn long_lived_credential_in_the_home_secret_and_purge() {
             .map(String::as_str),
         Some("Helm")
     );
+
+    // The home cluster itself as a member: allowed, with a note on serving it twice.
+    let mut home_add = vec!["cluster", "add", "cluster-0", "--kubeconfig", home_kc];
+    home_add.extend(store);
+    let out = kimup(&home_add).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("cluster-0 is the home cluster holding the Secret"),
+        "{}",
+        out.stderr
+    );
+    let mut home_remove = vec![
+        "cluster",
+        "remove",
+        "cluster-0",
+        "--purge",
+        "--context",
+        "cluster-0",
+        "--kubeconfig",
+        home_kc,
+    ];
+    home_remove.extend(store);
+    let out = kimup(&home_remove).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
 }
 
 /// A credential about to expire is announced: /clusters, the metric and a log line, never the

@@ -681,6 +681,18 @@ async fn add(args: &AddArgs) -> Result<(), Error> {
         "cluster {name}: context {}, {} (kube-system UID {id})",
         args.context, entry.server
     );
+    // The home cluster as a member as well: kimup serves it once, through whichever comes first
+    // in name order, and reports the other as a duplicate. Legitimate without the chart's
+    // serveHomeCluster, so a note rather than a refusal.
+    if let Some(home) = store.home_client()
+        && identity(&home, "the home cluster").await.ok().as_deref() == Some(id.as_str())
+    {
+        eprintln!(
+            "note: {name} is the home cluster holding the Secret; if kimup also serves it \
+             in-cluster (the chart's clusters.serveHomeCluster, on by default), it is served once \
+             and the other entry is reported as a duplicate"
+        );
+    }
 
     // A cluster is served once: refuse it under a second name. A member recorded by `add` says
     // who it is; others are asked, with their own credentials.

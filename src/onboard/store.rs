@@ -91,6 +91,14 @@ impl Store {
         }
     }
 
+    /// The home cluster's client, when the store is its Secret.
+    pub(super) fn home_client(&self) -> Option<kube::Client> {
+        match self {
+            Store::Dir(_) => None,
+            Store::Secret { api, .. } => Some(api.clone().into_client()),
+        }
+    }
+
     pub(super) async fn secret(&self) -> Result<Option<Secret>, Error> {
         let Store::Secret {
             api,
