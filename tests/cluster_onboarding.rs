@@ -1090,6 +1090,28 @@ async fn long_lived_credential_in_the_home_secret_and_purge() {
         Some("Helm")
     );
 
+    // A kubeconfig written by hand (no record of `add`) is asked who it is, with its own
+    // credential: the same cluster under another name is refused all the same.
+    let by_hand = env.run_dir.join("by-hand");
+    std::fs::create_dir_all(&by_hand).expect("dir");
+    std::fs::write(by_hand.join("legacy.yaml"), &member.kubeconfig_yaml).expect("write");
+    let out = kimup(&[
+        "cluster",
+        "add",
+        "cluster-1",
+        "--kubeconfig",
+        member_kc,
+        "--kubeconfig-dir",
+        path(&by_hand),
+    ])
+    .await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("already a member as legacy"),
+        "{}",
+        out.stderr
+    );
+
     // The home cluster itself as a member: allowed, with a note on serving it twice.
     let mut home_add = vec!["cluster", "add", "cluster-0", "--kubeconfig", home_kc];
     home_add.extend(store);

@@ -168,6 +168,19 @@ pub fn plan_token(
     }
 }
 
+/// What to say when the API server granted a bound token a shorter lifetime than asked for
+/// (its `--service-account-max-token-expiration`); None when it granted it (a minute of slack:
+/// the granted lifetime is read from the token's own dates, to the second).
+pub fn capped_note(asked: Duration, granted: Duration) -> Option<String> {
+    (granted + Duration::from_secs(60) < asked).then(|| {
+        format!(
+            "the API server capped the {} asked for at {} (--service-account-max-token-expiration)",
+            credential::human(asked),
+            credential::human(granted)
+        )
+    })
+}
+
 /// Whether an existing object may be taken over by `add`, or deleted by `remove --purge`: only
 /// objects it labelled (pure).
 pub fn owned(labels: Option<&BTreeMap<String, String>>) -> Result<(), String> {
@@ -357,6 +370,15 @@ mod tests {
             plan_token(Some("not-a-jwt"), &user, false, false, now),
             TokenPlan::Mint(_)
         ));
+    }
+
+    #[test]
+    fn a_capped_lifetime_is_told() {
+        let week = Duration::from_secs(7 * 86_400);
+        assert_eq!(capped_note(week, week), None);
+        assert_eq!(capped_note(week, week - Duration::from_secs(30)), None);
+        let note = capped_note(week, Duration::from_secs(3600)).expect("capped");
+        assert!(note.contains("capped the 7d asked for at 1h"), "{note}");
     }
 
     #[test]

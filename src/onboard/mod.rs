@@ -658,6 +658,135 @@ where
     }
 }
 
+/// The stored member named `name`, if any, after checking that no member under another name
+/// reaches the cluster `id` (a duplicate, exit 2) and that `name` does not already name another
+/// cluster. A member recorded by `add` says who it is; others are asked, with their own
+/// credentials (never running a plugin), and one that cannot be asked is only warned about.
+async fn member_named(store: &Store, name: &str, id: &str) -> Result<Option<Entry>, Error> {
+    let mut same_name: Option<Entry> = None;
+    for (other, e) in &store.entries().await? {
+        let their_id = match read_stored(&e.text).record {
+            Some(r) => Some(r.identity),
+            None => {
+                let asked = match member_client(&e.text).await {
+                    Ok(c) => identity(&c, other).await.map_err(|err| err.to_string()),
+                    Err(err) => Err(err),
+                };
+                asked
+                    .inspect_err(|err| {
+                        eprintln!(
+                            "warning: cannot tell whether member {other} ({}) is this cluster: {err}",
+                            e.location
+                        )
+                    })
+                    .ok()
+            }
+        };
+        if other == name {
+            if let Some(theirs) = their_id
+                && theirs != id
+            {
+                return Err(Error::Usage(format!(
+                    "member {name} ({}) is another cluster (kube-system UID {theirs}): choose \
+                     another --name, or remove {name} first",
+                    e.location
+                )));
+            }
+            same_name = Some(e.clone());
+        } else if their_id.as_deref() == Some(id) {
+            return Err(Error::Duplicate {
+                existing: other.clone(),
+                location: e.location.clone(),
+                identity: id.to_string(),
+            });
+        }
+    }
+    Ok(same_name)
+}
+
+/// The namespace (created when missing, never taken over: it may hold other things), the
+/// ServiceAccount, and the ClusterRole and its binding with the rule set; one report line each.
+async fn apply_access(client: &Client, ns: &str) -> Result<Vec<String>, Error> {
+    let mut lines = Vec::new();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns_exists = namespaces
+        .get_opt(ns)
+        .await
+        .map_err(cluster_err(format!("reading namespace {ns}")))?
+        .is_some();
+    if ns_exists {
+        lines.push(format!("namespace {ns}: exists"));
+    } else {
+        let n = Namespace {
+            metadata: meta(ns, None),
+            ..Default::default()
+        };
+        namespaces
+            .create(&PostParams::default(), &n)
+            .await
+            .map_err(cluster_err(format!("creating namespace {ns}")))?;
+        lines.push(format!("namespace {ns}: created"));
+    }
+    let sa = ServiceAccount {
+        metadata: meta(SERVICE_ACCOUNT, Some(ns)),
+        ..Default::default()
+    };
+    let line = apply_owned(
+        &Api::<ServiceAccount>::namespaced(client.clone(), ns),
+        SERVICE_ACCOUNT,
+        &sa,
+        &format!("ServiceAccount {ns}/{SERVICE_ACCOUNT}"),
+    )
+    .await?;
+    lines.push(line);
+    let line = apply_owned(
+        &Api::<ClusterRole>::all(client.clone()),
+        CLUSTER_ROLE,
+        &cluster_role(),
+        &format!("ClusterRole {CLUSTER_ROLE}"),
+    )
+    .await?;
+    lines.push(line);
+    let line = apply_owned(
+        &Api::<ClusterRoleBinding>::all(client.clone()),
+        CLUSTER_ROLE,
+        &cluster_role_binding(ns),
+        &format!("ClusterRoleBinding {CLUSTER_ROLE}"),
+    )
+    .await?;
+    lines.push(line);
+    Ok(lines)
+}
+
+/// The cluster's root CA (base64 PEM) from the `kube-root-ca.crt` ConfigMap that
+/// kube-controller-manager publishes in every namespace: kube-system has had it since the cluster
+/// started, a namespace just created may not have it yet.
+async fn root_ca(client: &Client, ns: &str) -> Result<String, Error> {
+    let mut ca = None;
+    for namespace in ["kube-system", ns] {
+        let cm = Api::<ConfigMap>::namespaced(client.clone(), namespace)
+            .get_opt("kube-root-ca.crt")
+            .await
+            .map_err(cluster_err(format!(
+                "reading ConfigMap {namespace}/kube-root-ca.crt"
+            )))?;
+        ca = cm
+            .and_then(|c| c.data)
+            .and_then(|d| d.get("ca.crt").cloned());
+        if ca.is_some() {
+            break;
+        }
+    }
+    let ca = ca.ok_or_else(|| Error::Cluster {
+        what: "finding the cluster's CA".into(),
+        reason: "the administrator's kubeconfig skips TLS verification and no \
+                 kube-root-ca.crt ConfigMap has a ca.crt; kimup never writes a kubeconfig \
+                 that skips TLS verification"
+            .into(),
+    })?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(ca))
+}
+
 async fn add(args: &AddArgs) -> Result<(), Error> {
     let name = args.name.clone().unwrap_or_else(|| args.context.clone());
     check_name(&name).map_err(Error::Usage)?;
@@ -694,53 +823,8 @@ async fn add(args: &AddArgs) -> Result<(), Error> {
         );
     }
 
-    // A cluster is served once: refuse it under a second name. A member recorded by `add` says
-    // who it is; others are asked, with their own credentials.
-    let entries = store.entries().await?;
-    let mut same_name: Option<Entry> = None;
-    for (other, e) in &entries {
-        let stored = read_stored(&e.text);
-        let their_id = match &stored.record {
-            Some(r) => Some(r.identity.clone()),
-            None => match member_client(&e.text).await {
-                Ok(c) => match identity(&c, other).await {
-                    Ok(id) => Some(id),
-                    Err(err) => {
-                        eprintln!(
-                            "warning: cannot tell whether member {other} ({}) is this cluster: {err}",
-                            e.location
-                        );
-                        None
-                    }
-                },
-                Err(err) => {
-                    eprintln!(
-                        "warning: cannot tell whether member {other} ({}) is this cluster: {err}",
-                        e.location
-                    );
-                    None
-                }
-            },
-        };
-        if *other == name {
-            if let Some(theirs) = their_id
-                && theirs != id
-            {
-                return Err(Error::Usage(format!(
-                    "member {name} ({}) is another cluster (kube-system UID {theirs}): choose \
-                     another --name, or remove {name} first",
-                    e.location
-                )));
-            }
-            same_name = Some(e.clone());
-        } else if their_id.as_deref() == Some(id.as_str()) {
-            return Err(Error::Duplicate {
-                existing: other.clone(),
-                location: e.location.clone(),
-                identity: id,
-            });
-        }
-    }
+    // A cluster is served once: refuse it under a second name.
+    let same_name = member_named(&store, &name, &id).await?;
 
     if args.skip_crds {
         println!("  CRDs: skipped (--skip-crds)");
@@ -749,82 +833,13 @@ async fn add(args: &AddArgs) -> Result<(), Error> {
             println!("  {line}");
         }
     }
-    // The namespace is created when missing, never taken over: it may hold other things.
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns_exists = namespaces
-        .get_opt(ns)
-        .await
-        .map_err(cluster_err(format!("reading namespace {ns}")))?
-        .is_some();
-    if ns_exists {
-        println!("  namespace {ns}: exists");
-    } else {
-        let n = Namespace {
-            metadata: meta(ns, None),
-            ..Default::default()
-        };
-        namespaces
-            .create(&PostParams::default(), &n)
-            .await
-            .map_err(cluster_err(format!("creating namespace {ns}")))?;
-        println!("  namespace {ns}: created");
+    for line in apply_access(&client, ns).await? {
+        println!("  {line}");
     }
-    let sa = ServiceAccount {
-        metadata: meta(SERVICE_ACCOUNT, Some(ns)),
-        ..Default::default()
-    };
-    let line = apply_owned(
-        &Api::<ServiceAccount>::namespaced(client.clone(), ns),
-        SERVICE_ACCOUNT,
-        &sa,
-        &format!("ServiceAccount {ns}/{SERVICE_ACCOUNT}"),
-    )
-    .await?;
-    println!("  {line}");
-    let line = apply_owned(
-        &Api::<ClusterRole>::all(client.clone()),
-        CLUSTER_ROLE,
-        &cluster_role(),
-        &format!("ClusterRole {CLUSTER_ROLE}"),
-    )
-    .await?;
-    println!("  {line}");
-    let line = apply_owned(
-        &Api::<ClusterRoleBinding>::all(client.clone()),
-        CLUSTER_ROLE,
-        &cluster_role_binding(ns),
-        &format!("ClusterRoleBinding {CLUSTER_ROLE}"),
-    )
-    .await?;
-    println!("  {line}");
 
     // The CA: the administrator's, else (when it skips TLS checks) the cluster's own root CA.
     if entry.ca_data.is_none() && insecure {
-        // kube-controller-manager publishes it in every namespace; kube-system has had it since
-        // the cluster started, a namespace just created may not have it yet.
-        let mut ca = None;
-        for namespace in ["kube-system", ns] {
-            let cm = Api::<ConfigMap>::namespaced(client.clone(), namespace)
-                .get_opt("kube-root-ca.crt")
-                .await
-                .map_err(cluster_err(format!(
-                    "reading ConfigMap {namespace}/kube-root-ca.crt"
-                )))?;
-            ca = cm
-                .and_then(|c| c.data)
-                .and_then(|d| d.get("ca.crt").cloned());
-            if ca.is_some() {
-                break;
-            }
-        }
-        let ca = ca.ok_or_else(|| Error::Cluster {
-            what: "finding the cluster's CA".into(),
-            reason: "the administrator's kubeconfig skips TLS verification and no \
-                     kube-root-ca.crt ConfigMap has a ca.crt; kimup never writes a kubeconfig \
-                     that skips TLS verification"
-                .into(),
-        })?;
-        entry.ca_data = Some(base64::engine::general_purpose::STANDARD.encode(ca));
+        entry.ca_data = Some(root_ca(&client, ns).await?);
         println!(
             "  CA: from ConfigMap kube-root-ca.crt (the administrator's kubeconfig skips TLS verification)"
         );
@@ -882,21 +897,15 @@ async fn add(args: &AddArgs) -> Result<(), Error> {
             let granted = credential::token_expiry(&token)
                 .and_then(|e| e.lifetime())
                 .or_else(|| expires.map(|e| (e - Utc::now()).to_std().unwrap_or_default()));
-            let capped = granted.is_some_and(|g| g + Duration::from_secs(120) < args.token_ttl);
             println!(
                 "  credential: bound token, expires {} ({why}){}",
                 expires
                     .map(|e| e.to_rfc3339_opts(SecondsFormat::Secs, true))
                     .unwrap_or_else(|| "at an unknown time".into()),
-                if capped {
-                    format!(
-                        "; the API server capped the {} asked for at {} (--service-account-max-token-expiration)",
-                        credential::human(args.token_ttl),
-                        credential::human(granted.unwrap_or_default())
-                    )
-                } else {
-                    String::new()
-                }
+                granted
+                    .and_then(|g| capped_note(args.token_ttl, g))
+                    .map(|n| format!("; {n}"))
+                    .unwrap_or_default()
             );
             token
         }
