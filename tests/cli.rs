@@ -63,6 +63,18 @@ fn cluster_usage_errors_exit_2() {
             vec![
                 "cluster",
                 "add",
+                "a",
+                "--context",
+                "b",
+                "--kubeconfig-dir",
+                d,
+            ],
+            "cannot be used with",
+        ),
+        (
+            vec![
+                "cluster",
+                "add",
                 "c",
                 "--kubeconfig-dir",
                 d,

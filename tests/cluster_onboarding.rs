@@ -592,7 +592,7 @@ async fn an_added_cluster_is_served_with_only_kimups_rules() {
     assert!(!out.stdout.contains(&token));
 
     // Idempotent: a second run keeps the token (more than half its lifetime left) and changes
-    // nothing, in the member or the file.
+    // nothing, in the member or the file (the context given as kubectl spells it this time).
     let before = versions(&admin_client, "kimup").await;
     let modified = std::fs::metadata(&file)
         .and_then(|m| m.modified())
@@ -600,6 +600,7 @@ async fn an_added_cluster_is_served_with_only_kimups_rules() {
     let out = kimup(&[
         "cluster",
         "add",
+        "--context",
         "cluster-2",
         "--kubeconfig",
         admin_kc,

@@ -94,7 +94,11 @@ pub struct StoreArgs {
 #[derive(Clone, Debug, clap::Args)]
 pub struct AddArgs {
     /// Context of the administrator's kubeconfig that reaches the new member.
-    pub context: String,
+    #[arg(required_unless_present = "context_flag", value_name = "CONTEXT")]
+    pub context: Option<String>,
+    /// The same, as kubectl spells it.
+    #[arg(long = "context", value_name = "CONTEXT", conflicts_with = "context")]
+    pub context_flag: Option<String>,
     /// The administrator's kubeconfig (default: $KUBECONFIG, ~/.kube/config).
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
@@ -788,7 +792,12 @@ async fn root_ca(client: &Client, ns: &str) -> Result<String, Error> {
 }
 
 async fn add(args: &AddArgs) -> Result<(), Error> {
-    let name = args.name.clone().unwrap_or_else(|| args.context.clone());
+    let context = args
+        .context
+        .clone()
+        .or_else(|| args.context_flag.clone())
+        .ok_or_else(|| Error::Usage("the context of the new member is required".into()))?;
+    let name = args.name.clone().unwrap_or_else(|| context.clone());
     check_name(&name).map_err(Error::Usage)?;
     if args.namespace.is_empty() {
         return Err(Error::Usage("--namespace must not be empty".into()));
@@ -801,14 +810,14 @@ async fn add(args: &AddArgs) -> Result<(), Error> {
     }
     let ns = args.namespace.as_str();
     let (kc, described) = admin_kubeconfig(args.kubeconfig.as_deref())?;
-    let (client, _) = client_of(&kc, &described, Some(&args.context)).await?;
-    let (mut entry, insecure) = admin_cluster(&kc, &args.context)?;
+    let (client, _) = client_of(&kc, &described, Some(&context)).await?;
+    let (mut entry, insecure) = admin_cluster(&kc, &context)?;
 
-    let id = identity(&client, &format!("context {}", args.context)).await?;
+    let id = identity(&client, &format!("context {context}")).await?;
     let store = Store::open(&args.store, true).await?;
     println!(
         "cluster {name}: context {}, {} (kube-system UID {id})",
-        args.context, entry.server
+        context, entry.server
     );
     // The home cluster as a member as well: kimup serves it once, through whichever comes first
     // in name order, and reports the other as a duplicate. Legitimate without the chart's
