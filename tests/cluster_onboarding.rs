@@ -903,6 +903,50 @@ async fn long_lived_credential_in_the_home_secret_and_purge() {
         Some(kimup::rbac::policy_rules())
     );
 
+    // A ServiceAccount deleted behind kimup's back: the stored token is refused, so a re-run
+    // recreates the account and replaces the token Secret (its token named the old UID).
+    Api::<ServiceAccount>::namespaced(member_client.clone(), "ops")
+        .delete("kimup", &DeleteParams::default())
+        .await
+        .expect("delete the ServiceAccount");
+    wait_until(
+        "the deleted account's token refused (401)",
+        Duration::from_secs(10),
+        || {
+            let c = minted.clone();
+            async move {
+                Ok(matches!(
+                    Api::<Namespace>::all(c).get("kube-system").await,
+                    Err(kube::Error::Api(s)) if s.code == 401
+                ))
+            }
+        },
+    )
+    .await
+    .expect("refused");
+    let out = kimup(&add).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("ServiceAccount ops/kimup: created")
+            && out.stdout.contains("no longer accepts the stored token"),
+        "{}",
+        out.stdout
+    );
+    let stored = secrets.get("clusters").await.expect("the Secret");
+    let text =
+        String::from_utf8(stored.data.expect("data")["cluster-1.yaml"].0.clone()).expect("utf-8");
+    assert_ne!(token_of(&text), token, "a new long-lived token");
+    assert!(
+        allowed(
+            &client_of(&text).await,
+            "watch",
+            "kimup.cloudavenue.io",
+            "images",
+            None
+        )
+        .await
+    );
+
     // Back to a bound token: the long-lived one is revoked once the new kubeconfig is stored.
     let bound: Vec<&str> = add
         .iter()

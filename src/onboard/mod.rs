@@ -581,6 +581,24 @@ async fn long_lived_token(client: &Client, namespace: &str, rotate: bool) -> Res
             .map(|t| String::from_utf8_lossy(&t.0).into_owned())
             .filter(|t| !t.is_empty())
     };
+    // A Secret made for a ServiceAccount since deleted and recreated holds a token the API
+    // server refuses (the token names the old UID): replace it as a rotation would.
+    let sa_uid = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .get_metadata(SERVICE_ACCOUNT)
+        .await
+        .map_err(cluster_err(format!(
+            "reading ServiceAccount {namespace}/{SERVICE_ACCOUNT}"
+        )))?
+        .metadata
+        .uid;
+    let stale = existing.as_ref().is_some_and(|s| {
+        s.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("kubernetes.io/service-account.uid"))
+            .is_some_and(|uid| Some(uid) != sa_uid.as_ref())
+    });
+    let rotate = rotate || stale;
     if rotate && existing.is_some() {
         // Deleting the Secret revokes its token.
         api.delete(TOKEN_SECRET, &DeleteParams::default())
@@ -879,6 +897,7 @@ async fn add(args: &AddArgs) -> Result<(), Error> {
     };
     // A kept token must still be accepted: a recreated ServiceAccount or a deleted token
     // Secret makes it worthless whatever its dates say.
+    let mut refused = false;
     if let (TokenPlan::Keep(_), Some(token)) = (&plan, &stored.token) {
         let text = member_kubeconfig(&name, &entry, token, &record);
         let works = match member_client(&text).await {
@@ -887,6 +906,7 @@ async fn add(args: &AddArgs) -> Result<(), Error> {
         };
         if !works {
             plan = TokenPlan::Mint("the API server no longer accepts the stored token".into());
+            refused = true;
         }
     }
     let token_secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
@@ -896,7 +916,8 @@ async fn add(args: &AddArgs) -> Result<(), Error> {
             stored.token.clone().unwrap_or_default()
         }
         TokenPlan::Mint(why) if args.long_lived => {
-            let token = long_lived_token(&client, ns, args.rotate).await?;
+            // A refused token's Secret, if it is still there, is replaced too.
+            let token = long_lived_token(&client, ns, args.rotate || refused).await?;
             println!("  credential: token of Secret {ns}/{TOKEN_SECRET}, never expires ({why})");
             token
         }
