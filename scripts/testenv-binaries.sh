@@ -2,7 +2,8 @@
 # Builds or installs the binaries the test control plane needs, cached outside the repo and keyed
 # by version, so a warm machine pays nothing and a version bump rebuilds only what changed.
 #   kube-apiserver and etcd: built from their Go modules through tests/env/tools/*
-#   kube-controller-manager, kube-scheduler: the same k8s.io/kubernetes module (rollout tests)
+#   kube-controller-manager, kube-scheduler: the same k8s.io/kubernetes module (rollout tests;
+#          cluster add --long-lived needs the controller manager's token controller)
 #   kwok: simulated nodes and pods, tests/env/tools/kwok, and its Stage files (kwok-stages/)
 #   otelcol: an OpenTelemetry Collector (OTLP receiver, file and debug exporters), tests/env/tools/otelcol
 #   helm: the helm v3 CLI, tests/env/tools/helm

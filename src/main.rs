@@ -31,6 +31,12 @@ enum Command {
     Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions (YAML).
     Crd,
+    /// Print the RBAC rules kimup needs in every cluster it serves (the chart's
+    /// files/member-rules.yaml; `kimup cluster add` grants the same).
+    Rbac,
+    /// Onboard member clusters: add (least privilege), list, remove.
+    #[command(subcommand)]
+    Cluster(kimup::onboard::ClusterCommand),
     /// Dry-run rules against a tag list or the live registry.
     Evaluate(Box<EvaluateArgs>),
     /// Print the version.
@@ -80,6 +86,16 @@ fn main() -> std::process::ExitCode {
                 1.into()
             }
         },
+        Command::Rbac => {
+            print!("{}", kimup::rbac::chart_rules_yaml());
+            0.into()
+        }
+        Command::Cluster(cmd) => {
+            let Some(rt) = runtime(false) else {
+                return 1.into();
+            };
+            rt.block_on(kimup::onboard::main(cmd)).into()
+        }
         Command::Evaluate(args) => {
             let Some(rt) = runtime(false) else {
                 return 1.into();

@@ -61,6 +61,7 @@ struct Metrics {
     actions: Family<ActionLabels, Counter>,
     rules: Family<ResultLabels, Counter>,
     cluster_up: Family<ClusterLabels, Gauge>,
+    credential_expiry: Family<ClusterLabels, Gauge>,
     leader: Gauge,
     member_clusters: Gauge,
     reconcile_errors: Family<ErrorLabels, Counter>,
@@ -120,6 +121,12 @@ fn metrics() -> &'static Metrics {
             "1 when the cluster's Image watch is running",
             cluster_up.clone(),
         );
+        let credential_expiry = Family::<ClusterLabels, Gauge>::default();
+        registry.register(
+            "cluster_credential_expiry_timestamp_seconds",
+            "When the credential of the cluster's kubeconfig expires (Unix time); absent when it does not say",
+            credential_expiry.clone(),
+        );
         let webhooks = Family::<WebhookLabels, Counter>::default();
         registry.register(
             "webhooks",
@@ -156,6 +163,7 @@ fn metrics() -> &'static Metrics {
             actions,
             rules,
             cluster_up,
+            credential_expiry,
             leader,
             member_clusters,
         }
@@ -274,6 +282,22 @@ pub fn cluster_up(cluster: &str, up: bool) {
             cluster: cluster.to_string(),
         })
         .set(i64::from(up));
+}
+
+/// Sets when a cluster's credential expires (Unix seconds), or drops the series when it does not
+/// expire, is not known or the cluster is gone.
+pub fn credential_expiry(cluster: &str, expires: Option<i64>) {
+    let labels = ClusterLabels {
+        cluster: cluster.to_string(),
+    };
+    match expires {
+        Some(t) => {
+            metrics().credential_expiry.get_or_create(&labels).set(t);
+        }
+        None => {
+            metrics().credential_expiry.remove(&labels);
+        }
+    }
 }
 
 /// Counts a webhook request.

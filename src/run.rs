@@ -19,6 +19,7 @@ use tracing::{error, info, warn};
 use crate::api::Image;
 use crate::clusters::{self, KubeTimeouts, Verdict};
 use crate::controller::{self, ClusterContext};
+use crate::credential;
 use crate::leader::{self, Elector, LeaderConfig, Leadership};
 use crate::registry::{ClientSettings, RegistryClient, TagCache};
 use crate::server::{self, Health, Readiness};
@@ -476,6 +477,10 @@ async fn supervise(
     let only_in_cluster = args.kubeconfigs.is_empty() && args.kubeconfig_dirs.is_empty();
     let in_cluster = args.serve_in_cluster || only_in_cluster;
     let mut last_empty_warning: Option<tokio::time::Instant> = None;
+    // Members whose kubeconfig says when its credential expires, and when each was last warned
+    // about.
+    let mut credentials: HashMap<String, credential::Expiry> = HashMap::new();
+    let mut warned: HashMap<String, (bool, tokio::time::Instant)> = HashMap::new();
     loop {
         let mut desired = if only_in_cluster {
             BTreeMap::new()
@@ -535,6 +540,8 @@ async fn supervise(
             }
             if plan.stop.contains(name) {
                 health.remove(name);
+                credentials.remove(name);
+                warned.remove(name);
                 // Only a removal frees the identity: a restarted member keeps its claim until
                 // its new configuration has been probed.
                 rt.identities.forget(name);
@@ -551,6 +558,19 @@ async fn supervise(
                 let Some(member) = desired.get(name) else {
                     continue;
                 };
+                let expiry = member.source.as_ref().ok().and_then(|(kc, context)| {
+                    credential::of_kubeconfig(kc, context).expiry().copied()
+                });
+                health.set_credential(name, expiry);
+                match expiry {
+                    Some(e) => {
+                        credentials.insert(name.clone(), e);
+                    }
+                    None => {
+                        credentials.remove(name);
+                    }
+                }
+                warned.remove(name);
                 let config = match member.source.clone() {
                     Ok((kc, context)) => clusters::client_config(kc, &context).await,
                     Err(e) => Err(e),
@@ -590,6 +610,7 @@ async fn supervise(
                 },
             );
         }
+        warn_expiring_credentials(&credentials, &mut warned, chrono::Utc::now());
         // Zero members leaves no kimup_cluster_up series to alert on; this count has one.
         crate::metrics::member_clusters(running.len());
         readiness.scanned();
@@ -601,6 +622,40 @@ async fn supervise(
     for (_, r) in running.drain() {
         r.token.cancel();
         let _ = r.handle.await;
+    }
+}
+
+/// How often a credential that is about to expire (or has) is announced again in the log.
+const CREDENTIAL_WARNING_EVERY: Duration = Duration::from_secs(3600);
+
+/// Logs a warning for each member credential inside its warning window (see
+/// `credential::freshness`): when it enters the window, when it expires, then hourly. `warned`
+/// holds, per member, whether the last warning was for an expired credential and when it was
+/// given. The token itself is never logged.
+fn warn_expiring_credentials(
+    credentials: &HashMap<String, credential::Expiry>,
+    warned: &mut HashMap<String, (bool, tokio::time::Instant)>,
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    for (name, expiry) in credentials {
+        let Some(text) = credential::warning(expiry, now) else {
+            warned.remove(name);
+            continue;
+        };
+        let expired = matches!(
+            credential::freshness(expiry, now),
+            credential::Freshness::Expired
+        );
+        let due = warned.get(name).is_none_or(|(was_expired, at)| {
+            *was_expired != expired || at.elapsed() >= CREDENTIAL_WARNING_EVERY
+        });
+        if due {
+            let expires = expiry
+                .expires
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            warn!(cluster = %name, credential_expiry = %expires, "{text}");
+            warned.insert(name.clone(), (expired, tokio::time::Instant::now()));
+        }
     }
 }
 

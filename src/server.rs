@@ -35,6 +35,7 @@ struct ClusterEntry {
     identity: Option<String>,
     source: String,
     images: Option<Store<Image>>,
+    credential: Option<crate::credential::Expiry>,
 }
 
 impl ClusterEntry {
@@ -46,6 +47,7 @@ impl ClusterEntry {
             identity: None,
             source: String::new(),
             images: None,
+            credential: None,
         }
     }
 }
@@ -67,6 +69,14 @@ pub struct ClusterReport {
     pub identity: Option<String>,
     /// The kubeconfig file it comes from (`in-cluster` for the cluster kimup runs in).
     pub source: String,
+    /// When its credential expires (RFC 3339), when the kubeconfig says: a JWT's `exp`, a client
+    /// certificate's notAfter.
+    #[serde(rename = "credentialExpiry", default)]
+    pub credential_expiry: Option<String>,
+    /// Why it needs attention soon although it may be up: its credential expires within a fifth
+    /// of its lifetime, or has expired.
+    #[serde(default)]
+    pub warning: Option<String>,
 }
 
 /// State of each member cluster: `kimup_cluster_up`, `/clusters` and the logs tell it; `/readyz`
@@ -122,6 +132,12 @@ impl Health {
         self.update(cluster, |e| e.identity = identity);
     }
 
+    /// Records when a cluster's credential expires (None: it does not say).
+    pub fn set_credential(&self, cluster: &str, expiry: Option<crate::credential::Expiry>) {
+        crate::metrics::credential_expiry(cluster, expiry.map(|e| e.expires.timestamp()));
+        self.update(cluster, |e| e.credential = expiry);
+    }
+
     /// Records the watch cache of a cluster's Images (None once its controller stopped).
     pub fn set_images(&self, cluster: &str, store: Option<Store<Image>>) {
         self.update(cluster, |e| e.images = store);
@@ -163,6 +179,7 @@ impl Health {
 
     /// Forgets a removed cluster.
     pub fn remove(&self, cluster: &str) {
+        crate::metrics::credential_expiry(cluster, None);
         if let Ok(mut m) = self.clusters.write() {
             m.remove(cluster);
         }
@@ -174,8 +191,15 @@ impl Health {
             Ok(m) => m.clone(),
             Err(p) => p.into_inner().clone(),
         };
+        let now = Utc::now();
         m.into_iter()
             .map(|(name, e)| ClusterReport {
+                credential_expiry: e
+                    .credential
+                    .map(|c| c.expires.to_rfc3339_opts(SecondsFormat::Secs, true)),
+                warning: e
+                    .credential
+                    .and_then(|c| crate::credential::warning(&c, now)),
                 name,
                 up: e.up,
                 reason: e.reason,

@@ -68,6 +68,40 @@ fn chart_lints_and_refuses_unsafe_values() {
     assert!(err.contains("no cluster to serve"), "{err}");
 }
 
+/// The chart's ClusterRole is kimup's one rule set (src/rbac.rs), the one `kimup cluster add`
+/// grants in member clusters: its generated copy is fresh and renders to exactly those rules.
+#[test]
+fn chart_cluster_role_is_the_rule_set() {
+    let path = chart().join("files/member-rules.yaml");
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == kimup::rbac::chart_rules_yaml(),
+        "{} is stale: run scripts/gen-rbac.sh and commit the result",
+        path.display()
+    );
+    let c = chart();
+    let (ok, rendered, err) = helm(&[
+        "template",
+        "kimup",
+        c.to_str().expect("path"),
+        "--show-only",
+        "templates/rbac.yaml",
+    ]);
+    assert!(ok, "helm template: {err}");
+    let role = serde_yaml::Deserializer::from_str(&rendered)
+        .map(|d| <serde_yaml::Value as serde::Deserialize>::deserialize(d).expect("yaml"))
+        .find(|v| v["kind"] == "ClusterRole")
+        .expect("a ClusterRole");
+    let role: k8s_openapi::api::rbac::v1::ClusterRole =
+        serde_yaml::from_value(role).expect("ClusterRole");
+    assert_eq!(role.rules, Some(kimup::rbac::policy_rules()));
+    assert_eq!(
+        role.rules,
+        kimup::onboard::cluster_role().rules,
+        "the chart and `kimup cluster add` grant the same"
+    );
+}
+
 #[tokio::test]
 async fn rendered_chart_applies_and_its_rbac_is_enough_for_kimup() {
     let env = env();

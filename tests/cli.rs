@@ -44,6 +44,114 @@ fn version_and_crd() {
     let out = kimup(&["crd"]);
     assert!(out.status.success());
     assert_eq!(text(&out.stdout), kimup::api::crds_yaml().expect("crds"));
+    // What scripts/gen-rbac.sh writes into the chart.
+    let out = kimup(&["rbac"]);
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout), kimup::rbac::chart_rules_yaml());
+}
+
+/// `kimup cluster` usage errors exit 2 before touching anything; a missing store is named.
+#[test]
+fn cluster_usage_errors_exit_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("path");
+    let missing = dir.path().join("missing");
+    for (args, says) in [
+        (vec!["cluster"], "Usage"),
+        (vec!["cluster", "add"], "CONTEXT"),
+        (
+            vec![
+                "cluster",
+                "add",
+                "a",
+                "--context",
+                "b",
+                "--kubeconfig-dir",
+                d,
+            ],
+            "cannot be used with",
+        ),
+        (
+            vec![
+                "cluster",
+                "add",
+                "c",
+                "--kubeconfig-dir",
+                d,
+                "--secret",
+                "a/b",
+            ],
+            "cannot be used with",
+        ),
+        (
+            vec![
+                "cluster",
+                "add",
+                "c",
+                "--long-lived",
+                "--token-ttl",
+                "1h",
+                "--kubeconfig-dir",
+                d,
+            ],
+            "cannot be used with",
+        ),
+        (
+            vec![
+                "cluster",
+                "add",
+                "c",
+                "--token-ttl",
+                "soon",
+                "--kubeconfig-dir",
+                d,
+            ],
+            "invalid duration",
+        ),
+        (
+            vec![
+                "cluster",
+                "list",
+                "--kubeconfig-dir",
+                missing.to_str().expect("path"),
+            ],
+            "no such folder",
+        ),
+        (
+            vec!["cluster", "list", "--secret", "no-slash"],
+            "expected NAMESPACE/NAME",
+        ),
+        (
+            vec!["cluster", "remove", "x", "--kubeconfig-dir", d],
+            "no member named x",
+        ),
+        (
+            vec!["cluster", "remove", "x", "--purge", "--kubeconfig-dir", d],
+            "--context",
+        ),
+        (
+            vec!["cluster", "list", "--kubeconfig-dir", d, "-o", "yaml"],
+            "invalid value",
+        ),
+    ] {
+        let out = kimup(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains(says),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    // An empty folder lists nothing.
+    let out = kimup(&["cluster", "list", "--kubeconfig-dir", d, "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "[]");
+    assert!(!missing.exists(), "list never creates the folder");
 }
 
 #[test]

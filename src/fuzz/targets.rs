@@ -17,6 +17,7 @@ use super::inputs::{self, field, noise};
 use super::{Bytes, Fuzzer, Rng, Target};
 use crate::actions::template::{self, AlertContext};
 use crate::clusters;
+use crate::credential;
 use crate::registry::{client, credentials, reference};
 use crate::rules::{self, RuleType};
 use crate::server::WEBHOOK_BODY_LIMIT;
@@ -1345,6 +1346,9 @@ const KUBE_SEEDS: &[&str] = &[
     "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\ng: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]\npreferences: {extensions: [{name: x, extension: *g}]}\n",
     "apiVersion: v1\nkind: Config\n",
     "{{{",
+    // What `kimup cluster add` writes: a JWT whose dates kimup reads (credential::of_kubeconfig).
+    "apiVersion: v1\nkind: Config\nclusters: [{name: p, cluster: {server: \"https://10.0.0.1:6443\", extensions: [{name: kimup.cloudavenue.io/member, extension: {identity: u}}]}}]\nusers: [{name: p, user: {token: eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6a2ltdXA6a2ltdXAiLCJpYXQiOjE3MDAwMDAwMDAsImV4cCI6MTcwMDYwNDgwMH0.c2ln}}]\ncontexts: [{name: p, context: {cluster: p, user: p}}]\ncurrent-context: p\n",
+    "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: \"https://h\"}}]\nusers: [{name: u, user: {client-certificate-data: LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1JSUI=, client-key-data: eA==}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\n",
 ];
 
 /// A kubeconfig's content through `clusters::check_expansion`, `Kubeconfig::from_yaml` and
@@ -1383,6 +1387,12 @@ impl Target for KubeconfigFile {
                     input.allow_exec || runs.is_none(),
                     "code runs only when allowed"
                 );
+                // As `kimup run` dates each member's credential (a JWT, a certificate).
+                let cred = credential::of_kubeconfig(kc, context);
+                if let Some(e) = cred.expiry() {
+                    black_box(credential::warning(e, Utc::now()));
+                    black_box(credential::keep_token(e, Utc::now()));
+                }
             }
         }
         black_box(members);

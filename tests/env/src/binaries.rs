@@ -98,6 +98,7 @@ impl Binaries {
         };
         let built = [
             &bins.kube_apiserver,
+            &bins.kube_controller_manager,
             &bins.etcd,
             &bins.otelcol,
             &bins.helm,

@@ -109,11 +109,16 @@ pub struct Cluster {
     args: Vec<String>,
     program: PathBuf,
     log_dir: PathBuf,
+    /// Certificates and keys of this API server (the ServiceAccount signing key among them).
+    cert_dir: PathBuf,
+    /// Its kube-controller-manager, when the environment asked for one.
+    controller_manager: Option<Process>,
 }
 
 impl Cluster {
     /// Starts an API server on `etcd` under prefix `/<name>` and waits until /readyz is ok; with
-    /// `audit`, it logs every write (metadata only) to `<log_dir>/audit-<name>.log`.
+    /// `audit`, it logs every write (metadata only) to `<log_dir>/audit-<name>.log`; `extra`
+    /// flags are appended.
     pub async fn start(
         name: &str,
         bins: &Binaries,
@@ -121,6 +126,7 @@ impl Cluster {
         dir: &Path,
         log_dir: &Path,
         audit: bool,
+        extra: &[String],
     ) -> Result<Self> {
         let dir = dir.join(name);
         let cert_dir = dir.join("pki");
@@ -141,10 +147,10 @@ impl Cluster {
         let tls_cert = write("apiserver.crt", &serving.cert)?;
         let tls_key = write("apiserver.key", &serving.key)?;
         let client_ca_file = write("client-ca.crt", &client_ca.pem().cert)?;
+        // kube-controller-manager publishes it as the kube-root-ca.crt ConfigMap.
+        write("serving-ca.crt", &serving_ca.pem().cert)?;
         let sa_key_file = write("sa-signer.key", &sa_key)?;
         let sa_pub_file = write("sa-signer.pub", &sa_pub)?;
-        // kube-controller-manager publishes it as the kube-root-ca.crt ConfigMap (rollout.rs).
-        write("serving-ca.crt", &serving_ca.pem().cert)?;
 
         let mut args = vec![
             "--allow-privileged=true".to_string(),
@@ -171,6 +177,7 @@ impl Cluster {
             "--endpoint-reconciler-type=none".to_string(),
             "--v=1".to_string(),
         ];
+        args.extend(extra.iter().cloned());
         let audit_log_path = if audit {
             let policy = write("audit-policy.yaml", AUDIT_POLICY)?;
             let path = log_dir.join(format!("audit-{name}.log"));
@@ -210,6 +217,8 @@ impl Cluster {
             args,
             program: bins.kube_apiserver.clone(),
             log_dir: log_dir.to_path_buf(),
+            cert_dir,
+            controller_manager: None,
         };
         cluster.wait_ready().await?;
         Ok(cluster)
@@ -276,6 +285,37 @@ impl Cluster {
         .with_context(|| format!("log: {}", log.display()))
     }
 
+    /// Starts a kube-controller-manager for this API server running only the ServiceAccount
+    /// token controller (it fills `kubernetes.io/service-account-token` Secrets, signing with
+    /// the API server's key) and the root CA publisher (`kube-root-ca.crt` in every namespace).
+    /// It authenticates with the admin kubeconfig and serves nothing itself.
+    pub fn start_controller_manager(&mut self, bins: &Binaries) -> Result<()> {
+        let args = vec![
+            format!("--kubeconfig={}", self.kubeconfig_path.display()),
+            "--controllers=serviceaccount-token-controller,root-ca-certificate-publisher-controller"
+                .to_string(),
+            format!(
+                "--service-account-private-key-file={}",
+                self.cert_dir.join("sa-signer.key").display()
+            ),
+            format!(
+                "--root-ca-file={}",
+                self.cert_dir.join("serving-ca.crt").display()
+            ),
+            "--use-service-account-credentials=false".to_string(),
+            "--leader-elect=false".to_string(),
+            "--secure-port=0".to_string(),
+            "--v=1".to_string(),
+        ];
+        self.controller_manager = Some(Process::spawn(
+            &format!("kube-controller-manager-{}", self.name),
+            &bins.kube_controller_manager,
+            &args,
+            &self.log_dir,
+        )?);
+        Ok(())
+    }
+
     /// Kills the API server (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         self.process.kill();
@@ -295,10 +335,7 @@ impl Cluster {
 
     /// The folder of this cluster's keys and certificates (`sa-signer.key`, `serving-ca.crt`, …).
     pub fn pki_dir(&self) -> PathBuf {
-        self.kubeconfig_path
-            .parent()
-            .map(|d| d.join("pki"))
-            .unwrap_or_else(|| PathBuf::from("pki"))
+        self.cert_dir.clone()
     }
 
     /// The API server process.

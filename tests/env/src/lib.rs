@@ -72,6 +72,8 @@ pub struct Builder {
     toxiproxy: bool,
     jaeger: bool,
     rollouts: bool,
+    controller_manager: bool,
+    apiserver_flags: Vec<String>,
 }
 
 impl Builder {
@@ -105,6 +107,21 @@ impl Builder {
     /// that workloads really roll out (`rollout.rs`).
     pub fn rollouts(mut self) -> Self {
         self.rollouts = true;
+        self
+    }
+
+    /// Run a kube-controller-manager per cluster with only the ServiceAccount token controller
+    /// (fills `kubernetes.io/service-account-token` Secrets) and the root CA publisher (the
+    /// `kube-root-ca.crt` ConfigMap of every namespace).
+    pub fn controller_manager(mut self) -> Self {
+        self.controller_manager = true;
+        self
+    }
+
+    /// Pass an extra flag to every kube-apiserver, e.g.
+    /// `--service-account-max-token-expiration=1h`.
+    pub fn apiserver_flag(mut self, flag: &str) -> Self {
+        self.apiserver_flags.push(flag.to_string());
         self
     }
 
@@ -212,10 +229,17 @@ impl TestEnv {
             let starts = (0..b.clusters).map(|i| {
                 let name = format!("cluster-{i}");
                 let (etcd, data, logs, audit) = (&etcd, &data, &logs, b.audit_log);
-                async move { Cluster::start(&name, bins, etcd, data, logs, audit).await }
+                let extra = &b.apiserver_flags;
+                async move { Cluster::start(&name, bins, etcd, data, logs, audit, extra).await }
             });
             for c in futures::future::join_all(starts).await {
                 env.clusters.push(c.with_context(ctx)?);
+            }
+            // The rollouts' controller manager runs every controller, these two among them.
+            if b.controller_manager && !b.rollouts {
+                for c in &mut env.clusters {
+                    c.start_controller_manager(bins).with_context(ctx)?;
+                }
             }
             env.etcd = Some(etcd);
             for c in &env.clusters {

@@ -1,7 +1,8 @@
-//! Local demo: starts two clusters, the registries and Jaeger on loopback, writes the clusters'
-//! kubeconfigs to `kubeconfigs/local/`, creates a demo app in each cluster and runs kimup against
-//! them with its traces in Jaeger, printing what kimup does as new tags are pushed. Stops on
-//! Ctrl-C, or after `--seconds N`.
+//! Local demo: starts two clusters, the registries and Jaeger on loopback, writes the first
+//! cluster's kubeconfig to `kubeconfigs/local/` and adds the others with `kimup cluster add`
+//! (administrators' kubeconfigs in `kubeconfigs/local/admin/`), creates a demo app in each
+//! cluster and runs kimup against them with its traces in Jaeger, printing what kimup does as new
+//! tags are pushed. Stops on Ctrl-C, or after `--seconds N`.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -87,12 +88,21 @@ async fn main() -> Result<()> {
         .name("localenv")
         .clusters(args.clusters)
         .registries()
-        .kimup_crds()
         .start()
         .await?;
     let kc_dir = repo_root().join("kubeconfigs/local");
     let _ = std::fs::remove_dir_all(&kc_dir);
-    let files = env.write_kubeconfigs(&kc_dir)?;
+    // Administrators' kubeconfigs (system:masters) in a subfolder, which kimup's folder scan
+    // skips; kimup's own folder gets the first cluster's directly and the others through
+    // `kimup cluster add`, as an operator would add them.
+    let files = env.write_kubeconfigs(&kc_dir.join("admin"))?;
+    std::fs::copy(
+        &files[0],
+        kc_dir.join(format!("{}.yaml", env.clusters[0].name)),
+    )?;
+    env.clusters[0]
+        .install_crds(&kimup_testenv::load_crds(&repo_root().join("crds"))?)
+        .await?;
     for (c, f) in env.clusters.iter().zip(&files) {
         let v = c.client().await?.apiserver_version().await?;
         println!(
@@ -102,6 +112,9 @@ async fn main() -> Result<()> {
             c.url,
             f.display()
         );
+    }
+    for (c, f) in env.clusters.iter().zip(&files).skip(1) {
+        cluster_add(&args.kimup, &c.name, f, &kc_dir)?;
     }
     let reg = env.plain_registry();
     reg.push_tags("demo/web", &["1.0.0", "1.0.1", "1.1.0", "2.0.0"])
@@ -266,6 +279,34 @@ async fn main() -> Result<()> {
         "stopped (Jaeger kept its traces in memory: they are gone); kubeconfigs stay in {} until the next run",
         kc_dir.display()
     );
+    Ok(())
+}
+
+/// Runs `kimup cluster add` for a cluster with its administrator's kubeconfig: its CRDs, a
+/// ServiceAccount with kimup's rules and a kubeconfig of that identity in `dir`.
+fn cluster_add(
+    kimup: &std::path::Path,
+    context: &str,
+    admin: &std::path::Path,
+    dir: &std::path::Path,
+) -> Result<()> {
+    let args = [
+        "cluster".to_string(),
+        "add".into(),
+        context.into(),
+        format!("--kubeconfig={}", admin.display()),
+        format!("--kubeconfig-dir={}", dir.display()),
+    ];
+    println!("$ kimup {}", args.join(" "));
+    let out = std::process::Command::new(kimup).args(&args).output()?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    if !out.status.success() {
+        bail!(
+            "kimup cluster add {context} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
     Ok(())
 }
 
