@@ -88,6 +88,9 @@ async fn main() -> Result<()> {
         .name("localenv")
         .clusters(args.clusters)
         .registries()
+        // Controller manager, scheduler and a kwok node: the demo's Deployments really roll out,
+        // so `kubectl get deploy,pods` shows each new tag's Pods become Ready.
+        .rollouts()
         .start()
         .await?;
     let kc_dir = repo_root().join("kubeconfigs/local");
