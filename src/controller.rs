@@ -14,7 +14,6 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -25,7 +24,9 @@ use tracing::{Instrument, debug, info, info_span, instrument, warn};
 
 use crate::actions::apply::FIELD_MANAGER;
 use crate::api::{ANNOTATION_ACTION, ANNOTATION_TAG, Image, ImageStatus, TriggerType};
+use crate::events::{Event, Recorder};
 use crate::leader::Leadership;
+use crate::shards::Ownership;
 use crate::sync::{self, Scope, Shared, SyncReport, TriggerReason};
 use crate::triggers::webhook::RepoEvent;
 use crate::workloads::{self, Workloads};
@@ -109,8 +110,9 @@ pub struct ClusterContext {
     pub client: Client,
     /// Process-wide services.
     pub shared: Arc<Shared>,
-    /// Whether this replica may act: `is_held()` before each sync and each write.
-    pub leader: Leadership,
+    /// Which shards this replica may act for: the Image's shard's `is_held()` before each sync
+    /// and each write.
+    pub owner: Ownership,
     recorder: Recorder,
     memory: Mutex<Memory>,
     images: OnceLock<Store<Image>>,
@@ -123,28 +125,29 @@ impl ClusterContext {
         cluster: &str,
         client: Client,
         shared: Arc<Shared>,
-        leader: Leadership,
+        owner: Ownership,
         instance: Option<String>,
     ) -> Self {
-        let reporter = Reporter {
-            controller: "kimup".into(),
-            instance,
-        };
         Self {
             cluster: cluster.to_string(),
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: Recorder::new(client.clone(), "kimup", instance),
             client,
             shared,
-            leader,
+            owner,
             memory: Mutex::new(Memory::default()),
             images: OnceLock::new(),
             workloads: OnceLock::new(),
         }
     }
 
-    /// Whether this replica may act now, by the monotonic clock of its last lease renewal.
-    pub fn leading(&self) -> bool {
-        self.leader.is_held()
+    /// The leadership of the shard `image` belongs to (its repository's): whether this replica
+    /// may act for it now, by the monotonic clock of that shard's last lease renewal.
+    pub fn lease_of(&self, image: &Image) -> &Leadership {
+        match sync::image_ref(image) {
+            Ok(r) => self.owner.of(&r.registry, &r.repository),
+            // An invalid reference still belongs to one replica: by its text.
+            Err(_) => self.owner.of("", &image.spec.image),
+        }
     }
 
     fn with_memory<T>(&self, f: impl FnOnce(&mut Memory) -> T) -> Option<T> {
@@ -185,12 +188,29 @@ impl ClusterContext {
             .flatten()
     }
 
-    fn known(&self, uid: &str) -> Option<ImageStatus> {
-        self.with_memory(|m| m.known.get(uid).cloned()).flatten()
+    /// The status the API server holds, as far as this process knows: what it last wrote, until
+    /// the watch cache (`cached`) shows that write; then the cached status, and the copy is
+    /// dropped, so that 10,000 Images do not each keep a second status in memory.
+    fn stored(&self, uid: &str, cached: Option<&ImageStatus>) -> ImageStatus {
+        let known = self
+            .with_memory(|m| {
+                let caught_up = m.known.get(uid).is_some_and(|k| Some(k) == cached);
+                if caught_up {
+                    m.known.remove(uid);
+                    None
+                } else {
+                    m.known.get(uid).cloned()
+                }
+            })
+            .flatten();
+        known.unwrap_or_else(|| cached.cloned().unwrap_or_default())
     }
 
-    fn set_known(&self, uid: &str, status: ImageStatus) {
-        self.with_memory(|m| m.known.insert(uid.to_string(), status));
+    fn set_known(&self, uid: &str, status: Option<ImageStatus>) {
+        self.with_memory(|m| match status {
+            Some(s) => m.known.insert(uid.to_string(), s),
+            None => m.known.remove(uid),
+        });
     }
 
     fn set_unwritten(&self, uid: &str, status: Option<ImageStatus>) {
@@ -331,17 +351,41 @@ pub async fn run(
     };
     // Leadership gained => forget and re-sync everything; a standby's view may be stale.
     let ctx_for_leader = ctx.clone();
-    let relist = leadership_gained(ctx.leader.changes(), move || ctx_for_leader.forget_all());
+    // With shards, gaining any shard re-syncs every Image of this replica's shards.
+    let relist = futures::stream::select_all(ctx.owner.all().iter().map(|l| {
+        let ctx = ctx_for_leader.clone();
+        leadership_gained(l.changes(), move || ctx.forget_all()).boxed()
+    }));
     // The Images' cache holds them slimmed (src/workloads.rs `slim`): at 10,000 Images per
     // cluster, managed fields alone would be most of kimup's memory.
     let (store, writer) = kube::runtime::reflector::store();
-    let image_stream = kube::runtime::reflector::reflector(
-        writer,
-        // As Controller::new: no backoff of its own (the fault tests' reconnection times are
-        // this watcher's), applied objects only (a deleted Image has nothing to reconcile).
-        watcher(images, watcher::Config::default().any_semantic()).modify(workloads::slim::<Image>),
+    // Images created, deleted or whose spec changed, told apart before the cache applies them:
+    // the others of their namespace reconcile too (a conflict over a repository may start or
+    // end). A status write is none of these, so the writes of a sync do not make every Image of
+    // the namespace reconcile, and no second watch of the Images is needed.
+    let (peers_tx, peers_rx) = futures::channel::mpsc::unbounded::<Image>();
+    let store_before = store.clone();
+    let events = watcher(
+        images,
+        // Pages of 100: a page is held whole while its Images are handed on, and 500 Images
+        // with their managed fields are megabytes.
+        watcher::Config::default()
+            .any_semantic()
+            .page_size(IMAGE_PAGE),
     )
-    .applied_objects();
+    .modify(workloads::slim::<Image>)
+    .map(move |event| {
+        if let Ok(e) = &event
+            && let Some(changed) = spec_event(e, |img| store_before.get(&ObjectRef::from_obj(img)))
+        {
+            // The receiver lives as long as the controller; nothing to do once it is gone.
+            let _ = peers_tx.unbounded_send(changed);
+        }
+        event
+    });
+    // As Controller::new: no backoff of its own (the fault tests' reconnection times are this
+    // watcher's), applied objects only (a deleted Image has nothing to reconcile).
+    let image_stream = kube::runtime::reflector::reflector(writer, events).applied_objects();
     let controller = Controller::for_stream(image_stream, store.clone());
     let (workload_caches, streams) = workloads::watch(&ctx.client, namespace);
     let _ = ctx.images.set(store.clone());
@@ -371,28 +415,18 @@ pub async fn run(
                 images_in(&store, n.metadata.name.as_deref())
             }
         })
-        // An Image created or changed may start or end a conflict over its repository with the
-        // others of its namespace: they reconcile too.
-        .watches_stream(
-            watcher(
-                match namespace {
-                    Some(ns) => Api::<Image>::namespaced(ctx.client.clone(), ns),
-                    None => Api::all(ctx.client.clone()),
-                },
-                watcher::Config::default().any_semantic(),
-            )
-            .touched_objects(),
-            {
-                let store = store.clone();
-                move |img: Image| {
-                    let own = ObjectRef::from_obj(&img);
-                    images_in(&store, img.metadata.namespace.as_deref())
-                        .into_iter()
-                        .filter(|r| *r != own)
-                        .collect::<Vec<_>>()
-                }
-            },
-        )
+        // An Image created, deleted or respecified may start or end a conflict over its
+        // repository with the others of its namespace: they reconcile too.
+        .watches_stream(peers_rx.map(Ok::<Image, watcher::Error>), {
+            let store = store.clone();
+            move |img: Image| {
+                let own = ObjectRef::from_obj(&img);
+                images_in(&store, img.metadata.namespace.as_deref())
+                    .into_iter()
+                    .filter(|r| *r != own)
+                    .collect::<Vec<_>>()
+            }
+        })
         .reconcile_on(pushed)
         .reconcile_all_on(relist)
         .graceful_shutdown_on(shutdown)
@@ -414,6 +448,27 @@ pub async fn run(
         })
         .await;
     gc.abort();
+}
+
+/// Images listed per page by the Image watch.
+const IMAGE_PAGE: u32 = 100;
+
+/// The Image of a watch event that may change who conflicts with whom in its namespace (pure
+/// but for `cached`, the cache's copy before the event): one created, deleted, or whose spec
+/// changed (generation). Status and metadata writes, and the initial list, are not.
+pub fn spec_event(
+    event: &watcher::Event<Image>,
+    cached: impl FnOnce(&Image) -> Option<Arc<Image>>,
+) -> Option<Image> {
+    match event {
+        watcher::Event::Apply(img) => {
+            let before = cached(img);
+            let changed = before.is_none_or(|b| b.metadata.generation != img.metadata.generation);
+            changed.then(|| img.clone())
+        }
+        watcher::Event::Delete(img) => Some(img.clone()),
+        watcher::Event::Init | watcher::Event::InitApply(_) | watcher::Event::InitDone => None,
+    }
 }
 
 /// The Images of a namespace, as reconcile requests.
@@ -461,6 +516,8 @@ fn pushed_images(
             .state()
             .into_iter()
             .filter(|img| triggered_by(img, &push.event))
+            // Another replica's shard: its holder heard the push too.
+            .filter(|img| ctx.lease_of(img).is_held())
             .filter_map(|img| {
                 ctx.mark_pushed(&img.uid()?, push.cause.as_ref());
                 Some(ObjectRef::from_obj(img.as_ref()))
@@ -500,7 +557,8 @@ const CACHE_WAIT: Duration = Duration::from_secs(10);
 async fn reconcile(image: Arc<Image>, ctx: Arc<ClusterContext>) -> Result<Action, ReconcileError> {
     let namespace = image.namespace().unwrap_or_default();
     let name = image.name_any();
-    if !ctx.leading() {
+    let lease = ctx.lease_of(&image).clone();
+    if !lease.is_held() {
         // Standby: keep the caches warm, act on nothing. Leadership change re-queues everything.
         return Ok(Action::await_change());
     }
@@ -514,9 +572,7 @@ async fn reconcile(image: Arc<Image>, ctx: Arc<ClusterContext>) -> Result<Action
     let uid = image.uid().unwrap_or_else(|| format!("{namespace}/{name}"));
     // What the API server has, as far as this process knows: its own last write may not be in
     // the watch cache yet.
-    let stored = ctx
-        .known(&uid)
-        .unwrap_or_else(|| image.status.clone().unwrap_or_default());
+    let stored = ctx.stored(&uid, image.status.as_ref());
     let unwritten = ctx.unwritten(&uid);
     let previous = unwritten.clone().unwrap_or_else(|| stored.clone());
     let others = images.state();
@@ -532,7 +588,7 @@ async fn reconcile(image: Arc<Image>, ctx: Arc<ClusterContext>) -> Result<Action
     );
     // A push always plans a sync: this trace is what the webhook requests caused.
     crate::telemetry::link_causes(&tracing::Span::current(), pushed.into_iter().flatten());
-    let may_write = || ctx.leading();
+    let may_write = || lease.is_held();
     let scope = Scope {
         workloads,
         conflict,
@@ -565,7 +621,7 @@ async fn reconcile(image: Arc<Image>, ctx: Arc<ClusterContext>) -> Result<Action
         ),
     };
     // Leadership may have been lost while the sync ran: a deposed leader writes nothing.
-    if !ctx.leading() {
+    if !lease.is_held() {
         warn!("leadership lost during reconcile; dropping its status write");
         return Ok(Action::await_change());
     }
@@ -580,7 +636,11 @@ async fn reconcile(image: Arc<Image>, ctx: Arc<ClusterContext>) -> Result<Action
         return Err(e);
     }
     ctx.set_unwritten(&uid, None);
-    ctx.set_known(&uid, report.status.clone());
+    // Only a status that differs from the cached one needs remembering until the cache has it.
+    ctx.set_known(
+        &uid,
+        (image.status.as_ref() != Some(&report.status)).then(|| report.status.clone()),
+    );
     let failed_workloads = report
         .workloads
         .iter()
@@ -646,7 +706,7 @@ async fn write(
     }
     if !annotations.is_empty() {
         let patch = json!({"metadata": {"annotations": annotations}});
-        if !ctx.leading() {
+        if !ctx.lease_of(image).is_held() {
             return Err(lapsed("annotations"));
         }
         api.patch(
@@ -680,7 +740,7 @@ async fn write(
             "kind": "Image",
             "status": report.status,
         });
-        if !ctx.leading() {
+        if !ctx.lease_of(image).is_held() {
             return Err(lapsed("status"));
         }
         api.patch_status(
@@ -717,17 +777,12 @@ async fn publish(ctx: &ClusterContext, image: &Image, report: &SyncReport) {
     let reference = image.object_ref(&());
     for ev in &report.events {
         let event = Event {
-            type_: if ev.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
+            warning: ev.warning,
             reason: ev.reason.clone(),
-            note: Some(truncate(&ev.note, 1000)),
+            note: truncate(&ev.note, 1000),
             action: "Sync".into(),
-            secondary: None,
         };
-        if !ctx.leading() {
+        if !ctx.lease_of(image).is_held() {
             return;
         }
         if let Err(e) = ctx.recorder.publish(&event, &reference).await {
@@ -901,11 +956,17 @@ spec:
         );
         let shared = Arc::new(Shared {
             tags: crate::registry::TagCache::new(registry, Duration::ZERO),
-            leadership: Leadership::always(),
+            owner: Ownership::single(Leadership::always()),
             http: client_for_alerts,
             pushes: tokio::sync::broadcast::channel(4).0,
         });
-        let ctx = ClusterContext::new("c", client, shared, Leadership::always(), None);
+        let ctx = ClusterContext::new(
+            "c",
+            client,
+            shared,
+            Ownership::single(Leadership::always()),
+            None,
+        );
         let run = LastRun {
             at: at("2026-01-01T00:00:00Z"),
             generation: Some(1),
@@ -970,6 +1031,40 @@ spec:
         assert!(
             !triggered_by(&image(BASE), &push(None, "library/nginx")),
             "a crontab-only Image waits for its schedule"
+        );
+    }
+
+    #[test]
+    fn only_creations_deletions_and_spec_changes_wake_the_namespace() {
+        let img = Arc::new(image(BASE));
+        let mut newer = image(BASE);
+        newer.metadata.generation = Some(3);
+        let mut status_only = image(BASE);
+        status_only.status = Some(ImageStatus {
+            tag: Some("1.25.1".into()),
+            ..Default::default()
+        });
+        let cached = |c: Option<Arc<Image>>| move |_: &Image| c;
+        let apply = |i: &Image| watcher::Event::Apply(i.clone());
+        assert!(spec_event(&apply(&img), cached(None)).is_some(), "created");
+        assert!(
+            spec_event(&apply(&newer), cached(Some(img.clone()))).is_some(),
+            "respecified"
+        );
+        assert!(
+            spec_event(&apply(&status_only), cached(Some(img.clone()))).is_none(),
+            "a status write"
+        );
+        assert!(
+            spec_event(
+                &watcher::Event::Delete(image(BASE)),
+                cached(Some(img.clone()))
+            )
+            .is_some()
+        );
+        assert!(
+            spec_event(&watcher::Event::InitApply(image(BASE)), cached(None)).is_none(),
+            "the initial list: every Image reconciles anyway"
         );
     }
 
