@@ -1,5 +1,6 @@
-//! Kubernetes Events on Images (events.k8s.io/v1), with client-go's series aggregation: an event
-//! repeated within [`SERIES_WINDOW`] patches the first one's `series` instead of creating another.
+//! Kubernetes Events on Images (events.k8s.io/v1), with client-go's series aggregation for
+//! warnings: a warning repeated within [`SERIES_WINDOW`] patches the first one's `series` instead
+//! of creating another.
 //!
 //! kube's own `Recorder` does the same but keeps every event it published, whole, for six
 //! minutes, and walks them all on every publish: at start-up with 10,000 Images that is one
@@ -158,6 +159,12 @@ impl Recorder {
             ..Default::default()
         };
         api.create(&PostParams::default(), &event).await?;
+        // Warnings repeat (a failing registry, every sync); a Normal event says what changed
+        // (a new tag, a workload updated) and does not, so remembering each would keep an entry
+        // per Image for six minutes after every start-up for nothing.
+        if !ev.warning {
+            return Ok(());
+        }
         self.remember(
             key,
             Published {

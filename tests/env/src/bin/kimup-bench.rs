@@ -47,6 +47,7 @@ struct Args {
     replicas: usize,
     shards: usize,
     vars: Vec<(String, String)>,
+    concurrency: u16,
 }
 
 fn args() -> Result<Args> {
@@ -71,6 +72,7 @@ fn args() -> Result<Args> {
         replicas: 1,
         shards: 0,
         vars: Vec::new(),
+        concurrency: 16,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -86,6 +88,7 @@ fn args() -> Result<Args> {
             "--steady" => a.steady = value("--steady")?.parse()?,
             "--replicas" => a.replicas = value("--replicas")?.parse()?,
             "--shards" => a.shards = value("--shards")?.parse()?,
+            "--concurrency" => a.concurrency = value("--concurrency")?.parse()?,
             "--kimup" => a.kimup = PathBuf::from(value("--kimup")?),
             "--env" => {
                 let kv = value("--env")?;
@@ -209,7 +212,7 @@ fn spawn_replica(
         format!("--kubeconfig-dir={}", dir.display()),
         format!("--listen-addr=127.0.0.1:{port}"),
         format!("--tag-cache-ttl={ttl}"),
-        "--concurrency=32".into(),
+        format!("--concurrency={}", a.concurrency),
         "--registry-concurrency=16".into(),
     ];
     args.extend(
@@ -712,6 +715,7 @@ async fn main() -> Result<()> {
         "tags_per_repository": a.tags,
         "cache_ttl_seconds": a.cache_ttl,
         "cron": a.cron,
+        "concurrency_per_cluster": a.concurrency,
         "replicas": a.replicas,
         "shards": a.shards,
         "machine": format!("{} cores, {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), mem_total()),
