@@ -146,11 +146,29 @@ impl ClusterContext {
     /// The leadership of the shard `image` belongs to (its repository's): whether this replica
     /// may act for it now, by the monotonic clock of that shard's last lease renewal.
     pub fn lease_of(&self, image: &Image) -> &Leadership {
+        self.owner.shard(self.shard_of(image))
+    }
+
+    /// The shard `image` belongs to: its repository's.
+    pub fn shard_of(&self, image: &Image) -> u32 {
+        let shards = self.owner.count();
         match sync::image_ref(image) {
-            Ok(r) => self.owner.of(&r.registry, &r.repository),
+            Ok(r) => crate::shards::shard_of(&r.registry, &r.repository, shards),
             // An invalid reference still belongs to one replica: by its text.
-            Err(_) => self.owner.of("", &image.spec.image),
+            Err(_) => crate::shards::shard_of("", &image.spec.image, shards),
         }
+    }
+
+    /// Forgets what this process knows of the Images of `shard` (`uids`), as [`Self::forget_all`]
+    /// does for all: gaining one shard re-syncs that shard's Images, not every Image held.
+    fn forget(&self, uids: &[String]) {
+        self.with_memory(|m| {
+            for uid in uids {
+                m.last_run.remove(&uid_key(uid));
+                m.unwritten.remove(uid);
+                m.known.remove(uid);
+            }
+        });
     }
 
     fn with_memory<T>(&self, f: impl FnOnce(&mut Memory) -> T) -> Option<T> {
@@ -364,11 +382,20 @@ pub async fn run(
     };
     // Leadership gained => forget and re-sync everything; a standby's view may be stale.
     let ctx_for_leader = ctx.clone();
-    // With shards, gaining any shard re-syncs every Image of this replica's shards.
-    let relist = futures::stream::select_all(ctx.owner.all().iter().map(|l| {
-        let ctx = ctx_for_leader.clone();
-        leadership_gained(l.changes(), move || ctx.forget_all()).boxed()
+    // With shards, gaining a shard re-syncs the Images of that shard only (its other shards'
+    // Images are this replica's already, and stay as they are).
+    let (gained_tx, gained_rx) = futures::channel::mpsc::unbounded::<u32>();
+    let gains = futures::stream::select_all(ctx.owner.all().iter().enumerate().map(|(i, l)| {
+        let tx = gained_tx.clone();
+        let shard = u32::try_from(i).unwrap_or(0);
+        leadership_gained(l.changes(), move || {
+            let _ = tx.unbounded_send(shard);
+        })
+        .boxed()
     }));
+    drop(gained_tx);
+    // Polled for the side effect of forwarding gains; stopped with the controller.
+    let gains = tokio::spawn(gains.for_each(|()| async {}));
     // The Images' cache holds them slimmed (src/workloads.rs `slim`): at 10,000 Images per
     // cluster, managed fields alone would be most of kimup's memory.
     let (store, writer) = kube::runtime::reflector::store();
@@ -404,6 +431,20 @@ pub async fn run(
     let _ = ctx.images.set(store.clone());
     let _ = ctx.workloads.set(workload_caches);
     let pushed = pushed_images(ctx.clone(), store.clone());
+    let relist = {
+        let (store, ctx) = (store.clone(), ctx_for_leader.clone());
+        gained_rx.flat_map(move |shard| {
+            let images = store.state_filter(|img| ctx.shard_of(img) == shard);
+            let uids: Vec<String> = images.iter().filter_map(|img| img.uid()).collect();
+            ctx.forget(&uids);
+            futures::stream::iter(
+                images
+                    .iter()
+                    .map(|img| ObjectRef::from_obj(img.as_ref()))
+                    .collect::<Vec<_>>(),
+            )
+        })
+    };
     health.set_images(&ctx.cluster, Some(store.clone()));
     // Deleted Images never reach `reconcile`: drop what the memory holds for them now and then.
     let (gc_store, ctx_for_gc) = (store.clone(), ctx.clone());
@@ -441,7 +482,7 @@ pub async fn run(
             }
         })
         .reconcile_on(pushed)
-        .reconcile_all_on(relist)
+        .reconcile_on(relist)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|res| {
@@ -461,6 +502,7 @@ pub async fn run(
         })
         .await;
     gc.abort();
+    gains.abort();
 }
 
 /// Images listed per page by the Image watch.

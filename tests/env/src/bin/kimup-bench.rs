@@ -226,9 +226,11 @@ fn spawn_replica(
             format!("--shards={}", a.shards),
             format!("--lease-kubeconfig={}", files[0].display()),
             "--lease-namespace=default".into(),
-            "--lease-duration=4s".into(),
-            "--renew-deadline=3s".into(),
-            "--retry-period=1s".into(),
+            // kimup's defaults (client-go's): under the load of 10,000 first syncs, the API
+            // servers answer a lease renewal in seconds, and a shorter lease flaps.
+            "--lease-duration=15s".into(),
+            "--renew-deadline=10s".into(),
+            "--retry-period=2s".into(),
         ]);
     }
     let mut vars = vec![
