@@ -900,6 +900,39 @@ mod tests {
         );
     }
 
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn run_args(flags: &[&str]) -> RunArgs {
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("kimup").chain(flags.iter().copied()))
+            .expect("flags parse")
+            .run
+    }
+
+    #[test]
+    fn shards_need_the_election_and_stay_within_bounds() {
+        assert_eq!(validate(&run_args(&[])), Ok(()));
+        assert!(
+            validate(&run_args(&["--shards=3"]))
+                .unwrap_err()
+                .contains("--leader-elect")
+        );
+        assert_eq!(
+            validate(&run_args(&["--shards=3", "--leader-elect"])),
+            Ok(())
+        );
+        assert_eq!(
+            validate(&run_args(&["--shards=1", "--leader-elect"])),
+            Ok(())
+        );
+        assert!(validate(&run_args(&["--shards=0", "--leader-elect"])).is_err());
+        assert!(validate(&run_args(&["--shards=65", "--leader-elect"])).is_err());
+    }
+
     #[test]
     fn probe_errors_say_what_to_fix() {
         let api = |code: u16| {
