@@ -661,7 +661,6 @@ async fn run_once(a: &Args, cache: bool) -> Result<Run> {
             syncs: metric(&http, r.port, "kimup_image_syncs_total").await?,
         });
     }
-    let _ = cpu_at_convergence;
     run.api = run.api.map(|mut v| {
         v["cpu_seconds_at_convergence"] = json!(round(cpu_at_convergence, 2));
         v
