@@ -14,7 +14,6 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -25,7 +24,9 @@ use tracing::{Instrument, debug, info, info_span, instrument, warn};
 
 use crate::actions::apply::FIELD_MANAGER;
 use crate::api::{ANNOTATION_ACTION, ANNOTATION_TAG, Image, ImageStatus, TriggerType};
+use crate::events::{Event, Recorder};
 use crate::leader::Leadership;
+use crate::shards::Ownership;
 use crate::sync::{self, Scope, Shared, SyncReport, TriggerReason};
 use crate::triggers::webhook::RepoEvent;
 use crate::workloads::{self, Workloads};
@@ -77,7 +78,10 @@ struct Memory {
     /// sync, the cron schedule and spec changes are judged from it. The generation is kept
     /// because the Image's own status (observedGeneration) may not be written back yet when the
     /// watch event of our annotation patch arrives.
-    last_run: HashMap<String, LastRun>,
+    /// Keyed by a hash of the uid: it holds an entry for every Image, and a uid string costs
+    /// more than the entry itself (64 bits make a collision between 10,000 uids a 1 in 10^11
+    /// event, and one would only move a sync).
+    last_run: HashMap<u64, LastRun>,
     /// Images a registry webhook asked to sync, with the `webhook.push` spans that asked (none
     /// when traces are off): the sync links to them.
     pushed: HashMap<String, Vec<SpanContext>>,
@@ -109,8 +113,9 @@ pub struct ClusterContext {
     pub client: Client,
     /// Process-wide services.
     pub shared: Arc<Shared>,
-    /// Whether this replica may act: `is_held()` before each sync and each write.
-    pub leader: Leadership,
+    /// Which shards this replica may act for: the Image's shard's `is_held()` before each sync
+    /// and each write.
+    pub owner: Ownership,
     recorder: Recorder,
     memory: Mutex<Memory>,
     images: OnceLock<Store<Image>>,
@@ -123,28 +128,47 @@ impl ClusterContext {
         cluster: &str,
         client: Client,
         shared: Arc<Shared>,
-        leader: Leadership,
+        owner: Ownership,
         instance: Option<String>,
     ) -> Self {
-        let reporter = Reporter {
-            controller: "kimup".into(),
-            instance,
-        };
         Self {
             cluster: cluster.to_string(),
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: Recorder::new(client.clone(), "kimup", instance),
             client,
             shared,
-            leader,
+            owner,
             memory: Mutex::new(Memory::default()),
             images: OnceLock::new(),
             workloads: OnceLock::new(),
         }
     }
 
-    /// Whether this replica may act now, by the monotonic clock of its last lease renewal.
-    pub fn leading(&self) -> bool {
-        self.leader.is_held()
+    /// The leadership of the shard `image` belongs to (its repository's): whether this replica
+    /// may act for it now, by the monotonic clock of that shard's last lease renewal.
+    pub fn lease_of(&self, image: &Image) -> &Leadership {
+        self.owner.shard(self.shard_of(image))
+    }
+
+    /// The shard `image` belongs to: its repository's.
+    pub fn shard_of(&self, image: &Image) -> u32 {
+        let shards = self.owner.count();
+        match sync::image_ref(image) {
+            Ok(r) => crate::shards::shard_of(&r.registry, &r.repository, shards),
+            // An invalid reference still belongs to one replica: by its text.
+            Err(_) => crate::shards::shard_of("", &image.spec.image, shards),
+        }
+    }
+
+    /// Forgets what this process knows of the Images of `shard` (`uids`), as [`Self::forget_all`]
+    /// does for all: gaining one shard re-syncs that shard's Images, not every Image held.
+    fn forget(&self, uids: &[String]) {
+        self.with_memory(|m| {
+            for uid in uids {
+                m.last_run.remove(&uid_key(uid));
+                m.unwritten.remove(uid);
+                m.known.remove(uid);
+            }
+        });
     }
 
     fn with_memory<T>(&self, f: impl FnOnce(&mut Memory) -> T) -> Option<T> {
@@ -152,11 +176,12 @@ impl ClusterContext {
     }
 
     fn last_run(&self, uid: &str) -> Option<LastRun> {
-        self.with_memory(|m| m.last_run.get(uid).copied()).flatten()
+        self.with_memory(|m| m.last_run.get(&uid_key(uid)).copied())
+            .flatten()
     }
 
     fn set_last_run(&self, uid: &str, run: LastRun) {
-        self.with_memory(|m| m.last_run.insert(uid.to_string(), run));
+        self.with_memory(|m| m.last_run.insert(uid_key(uid), run));
     }
 
     fn mark_pushed(&self, uid: &str, cause: Option<&SpanContext>) {
@@ -185,12 +210,29 @@ impl ClusterContext {
             .flatten()
     }
 
-    fn known(&self, uid: &str) -> Option<ImageStatus> {
-        self.with_memory(|m| m.known.get(uid).cloned()).flatten()
+    /// The status the API server holds, as far as this process knows: what it last wrote, until
+    /// the watch cache (`cached`) shows that write; then the cached status, and the copy is
+    /// dropped, so that 10,000 Images do not each keep a second status in memory.
+    fn stored(&self, uid: &str, cached: Option<&ImageStatus>) -> ImageStatus {
+        let known = self
+            .with_memory(|m| {
+                let caught_up = m.known.get(uid).is_some_and(|k| Some(k) == cached);
+                if caught_up {
+                    m.known.remove(uid);
+                    None
+                } else {
+                    m.known.get(uid).cloned()
+                }
+            })
+            .flatten();
+        known.unwrap_or_else(|| cached.cloned().unwrap_or_default())
     }
 
-    fn set_known(&self, uid: &str, status: ImageStatus) {
-        self.with_memory(|m| m.known.insert(uid.to_string(), status));
+    fn set_known(&self, uid: &str, status: Option<ImageStatus>) {
+        self.with_memory(|m| match status {
+            Some(s) => m.known.insert(uid.to_string(), s),
+            None => m.known.remove(uid),
+        });
     }
 
     fn set_unwritten(&self, uid: &str, status: Option<ImageStatus>) {
@@ -217,7 +259,8 @@ impl ClusterContext {
     /// Forgets Images that no longer exist (their uid is not in `live`).
     fn retain(&self, live: &HashSet<String>) {
         self.with_memory(|m| {
-            m.last_run.retain(|uid, _| live.contains(uid));
+            let live_keys: HashSet<u64> = live.iter().map(|u| uid_key(u)).collect();
+            m.last_run.retain(|k, _| live_keys.contains(k));
             m.pushed.retain(|uid, _| live.contains(uid));
             m.unwritten.retain(|uid, _| live.contains(uid));
             m.known.retain(|uid, _| live.contains(uid));
@@ -236,6 +279,14 @@ impl ClusterContext {
             m.known.clear();
         });
     }
+}
+
+/// The key of an Image's uid in per-Image maps that hold every Image.
+fn uid_key(uid: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    uid.hash(&mut h);
+    h.finish()
 }
 
 /// Webhook spans one sync links to at most.
@@ -331,22 +382,69 @@ pub async fn run(
     };
     // Leadership gained => forget and re-sync everything; a standby's view may be stale.
     let ctx_for_leader = ctx.clone();
-    let relist = leadership_gained(ctx.leader.changes(), move || ctx_for_leader.forget_all());
+    // With shards, gaining a shard re-syncs the Images of that shard only (its other shards'
+    // Images are this replica's already, and stay as they are).
+    let (gained_tx, gained_rx) = futures::channel::mpsc::unbounded::<u32>();
+    let gains = futures::stream::select_all(ctx.owner.all().iter().enumerate().map(|(i, l)| {
+        let tx = gained_tx.clone();
+        let shard = u32::try_from(i).unwrap_or(0);
+        leadership_gained(l.changes(), move || {
+            let _ = tx.unbounded_send(shard);
+        })
+        .boxed()
+    }));
+    drop(gained_tx);
+    // Polled for the side effect of forwarding gains; stopped with the controller.
+    let gains = tokio::spawn(gains.for_each(|()| async {}));
     // The Images' cache holds them slimmed (src/workloads.rs `slim`): at 10,000 Images per
     // cluster, managed fields alone would be most of kimup's memory.
     let (store, writer) = kube::runtime::reflector::store();
-    let image_stream = kube::runtime::reflector::reflector(
-        writer,
-        // As Controller::new: no backoff of its own (the fault tests' reconnection times are
-        // this watcher's), applied objects only (a deleted Image has nothing to reconcile).
-        watcher(images, watcher::Config::default().any_semantic()).modify(workloads::slim::<Image>),
+    // Images created, deleted or whose spec changed, told apart before the cache applies them:
+    // the others of their namespace reconcile too (a conflict over a repository may start or
+    // end). A status write is none of these, so the writes of a sync do not make every Image of
+    // the namespace reconcile, and no second watch of the Images is needed.
+    let (peers_tx, peers_rx) = futures::channel::mpsc::unbounded::<Image>();
+    let store_before = store.clone();
+    let events = watcher(
+        images,
+        // Pages of 100: a page is held whole while its Images are handed on, and 500 Images
+        // with their managed fields are megabytes.
+        watcher::Config::default()
+            .any_semantic()
+            .page_size(IMAGE_PAGE),
     )
-    .applied_objects();
+    .modify(slim_image)
+    .map(move |event| {
+        if let Ok(e) = &event
+            && let Some(changed) = spec_event(e, |img| store_before.get(&ObjectRef::from_obj(img)))
+        {
+            // The receiver lives as long as the controller; nothing to do once it is gone.
+            let _ = peers_tx.unbounded_send(changed);
+        }
+        event
+    });
+    // As Controller::new: no backoff of its own (the fault tests' reconnection times are this
+    // watcher's), applied objects only (a deleted Image has nothing to reconcile).
+    let image_stream = kube::runtime::reflector::reflector(writer, events).applied_objects();
     let controller = Controller::for_stream(image_stream, store.clone());
     let (workload_caches, streams) = workloads::watch(&ctx.client, namespace);
     let _ = ctx.images.set(store.clone());
     let _ = ctx.workloads.set(workload_caches);
     let pushed = pushed_images(ctx.clone(), store.clone());
+    let relist = {
+        let (store, ctx) = (store.clone(), ctx_for_leader.clone());
+        gained_rx.flat_map(move |shard| {
+            let images = store.state_filter(|img| ctx.shard_of(img) == shard);
+            let uids: Vec<String> = images.iter().filter_map(|img| img.uid()).collect();
+            ctx.forget(&uids);
+            futures::stream::iter(
+                images
+                    .iter()
+                    .map(|img| ObjectRef::from_obj(img.as_ref()))
+                    .collect::<Vec<_>>(),
+            )
+        })
+    };
     health.set_images(&ctx.cluster, Some(store.clone()));
     // Deleted Images never reach `reconcile`: drop what the memory holds for them now and then.
     let (gc_store, ctx_for_gc) = (store.clone(), ctx.clone());
@@ -371,30 +469,20 @@ pub async fn run(
                 images_in(&store, n.metadata.name.as_deref())
             }
         })
-        // An Image created or changed may start or end a conflict over its repository with the
-        // others of its namespace: they reconcile too.
-        .watches_stream(
-            watcher(
-                match namespace {
-                    Some(ns) => Api::<Image>::namespaced(ctx.client.clone(), ns),
-                    None => Api::all(ctx.client.clone()),
-                },
-                watcher::Config::default().any_semantic(),
-            )
-            .touched_objects(),
-            {
-                let store = store.clone();
-                move |img: Image| {
-                    let own = ObjectRef::from_obj(&img);
-                    images_in(&store, img.metadata.namespace.as_deref())
-                        .into_iter()
-                        .filter(|r| *r != own)
-                        .collect::<Vec<_>>()
-                }
-            },
-        )
+        // An Image created, deleted or respecified may start or end a conflict over its
+        // repository with the others of its namespace: they reconcile too.
+        .watches_stream(peers_rx.map(Ok::<Image, watcher::Error>), {
+            let store = store.clone();
+            move |img: Image| {
+                let own = ObjectRef::from_obj(&img);
+                images_in(&store, img.metadata.namespace.as_deref())
+                    .into_iter()
+                    .filter(|r| *r != own)
+                    .collect::<Vec<_>>()
+            }
+        })
         .reconcile_on(pushed)
-        .reconcile_all_on(relist)
+        .reconcile_on(relist)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|res| {
@@ -414,6 +502,28 @@ pub async fn run(
         })
         .await;
     gc.abort();
+    gains.abort();
+}
+
+/// Images listed per page by the Image watch.
+const IMAGE_PAGE: u32 = 100;
+
+/// The Image of a watch event that may change who conflicts with whom in its namespace (pure
+/// but for `cached`, the cache's copy before the event): one created, deleted, or whose spec
+/// changed (generation). Status and metadata writes, and the initial list, are not.
+pub fn spec_event(
+    event: &watcher::Event<Image>,
+    cached: impl FnOnce(&Image) -> Option<Arc<Image>>,
+) -> Option<Image> {
+    match event {
+        watcher::Event::Apply(img) => {
+            let before = cached(img);
+            let changed = before.is_none_or(|b| b.metadata.generation != img.metadata.generation);
+            changed.then(|| img.clone())
+        }
+        watcher::Event::Delete(img) => Some(img.clone()),
+        watcher::Event::Init | watcher::Event::InitApply(_) | watcher::Event::InitDone => None,
+    }
 }
 
 /// The Images of a namespace, as reconcile requests.
@@ -422,11 +532,35 @@ fn images_in(store: &Store<Image>, namespace: Option<&str>) -> Vec<ObjectRef<Ima
         return Vec::new();
     };
     store
-        .state()
+        .state_filter(|i| i.metadata.namespace.as_deref() == Some(ns))
         .iter()
-        .filter(|i| i.metadata.namespace.as_deref() == Some(ns))
         .map(|i| ObjectRef::from_obj(i.as_ref()))
         .collect()
+}
+
+/// Slims an Image for the watch cache: [`workloads::slim`], and a tag annotation equal to
+/// `status.tag` (kimup's own mirror, the common case) is kept as an empty annotation map, which
+/// the API server never sends (it omits empty maps): a one-entry map is a 0.5 KB node, a
+/// fifth of a cached Image. [`tag_annotation`] reads it back.
+pub fn slim_image(img: &mut Image) {
+    workloads::slim(img);
+    let tag = img.status.as_ref().and_then(|s| s.tag.as_deref());
+    if let Some(a) = img.metadata.annotations.as_mut()
+        && a.len() == 1
+        && tag.is_some()
+        && a.get(ANNOTATION_TAG).map(String::as_str) == tag
+    {
+        *a = std::collections::BTreeMap::new();
+    }
+}
+
+/// The `kimup.cloudavenue.io/tag` annotation of an Image, slimmed or not (pure).
+pub fn tag_annotation(img: &Image) -> Option<&str> {
+    match img.metadata.annotations.as_ref() {
+        Some(a) if a.is_empty() => img.status.as_ref().and_then(|s| s.tag.as_deref()),
+        Some(a) => a.get(ANNOTATION_TAG).map(String::as_str),
+        None => None,
+    }
 }
 
 /// Maps a workload event to the Images of its namespace.
@@ -458,9 +592,10 @@ fn pushed_images(
     })
     .flat_map(move |push| {
         let matching: Vec<ObjectRef<Image>> = store
-            .state()
+            .state_filter(|img| triggered_by(img, &push.event))
             .into_iter()
-            .filter(|img| triggered_by(img, &push.event))
+            // Another replica's shard: its holder heard the push too.
+            .filter(|img| ctx.lease_of(img).is_held())
             .filter_map(|img| {
                 ctx.mark_pushed(&img.uid()?, push.cause.as_ref());
                 Some(ObjectRef::from_obj(img.as_ref()))
@@ -500,7 +635,8 @@ const CACHE_WAIT: Duration = Duration::from_secs(10);
 async fn reconcile(image: Arc<Image>, ctx: Arc<ClusterContext>) -> Result<Action, ReconcileError> {
     let namespace = image.namespace().unwrap_or_default();
     let name = image.name_any();
-    if !ctx.leading() {
+    let lease = ctx.lease_of(&image).clone();
+    if !lease.is_held() {
         // Standby: keep the caches warm, act on nothing. Leadership change re-queues everything.
         return Ok(Action::await_change());
     }
@@ -514,12 +650,11 @@ async fn reconcile(image: Arc<Image>, ctx: Arc<ClusterContext>) -> Result<Action
     let uid = image.uid().unwrap_or_else(|| format!("{namespace}/{name}"));
     // What the API server has, as far as this process knows: its own last write may not be in
     // the watch cache yet.
-    let stored = ctx
-        .known(&uid)
-        .unwrap_or_else(|| image.status.clone().unwrap_or_default());
+    let stored = ctx.stored(&uid, image.status.as_ref());
     let unwritten = ctx.unwritten(&uid);
     let previous = unwritten.clone().unwrap_or_else(|| stored.clone());
-    let others = images.state();
+    // Only the namespace's: cloning 10,000 handles per reconcile is time and memory for nothing.
+    let others = images.state_filter(|i| i.metadata.namespace == image.metadata.namespace);
     let conflict = sync::conflicting(&image, others.iter().map(|i| i.as_ref()));
     let now = Utc::now();
     let pushed = ctx.take_pushed(&uid);
@@ -532,7 +667,7 @@ async fn reconcile(image: Arc<Image>, ctx: Arc<ClusterContext>) -> Result<Action
     );
     // A push always plans a sync: this trace is what the webhook requests caused.
     crate::telemetry::link_causes(&tracing::Span::current(), pushed.into_iter().flatten());
-    let may_write = || ctx.leading();
+    let may_write = || lease.is_held();
     let scope = Scope {
         workloads,
         conflict,
@@ -565,7 +700,7 @@ async fn reconcile(image: Arc<Image>, ctx: Arc<ClusterContext>) -> Result<Action
         ),
     };
     // Leadership may have been lost while the sync ran: a deposed leader writes nothing.
-    if !ctx.leading() {
+    if !lease.is_held() {
         warn!("leadership lost during reconcile; dropping its status write");
         return Ok(Action::await_change());
     }
@@ -580,7 +715,11 @@ async fn reconcile(image: Arc<Image>, ctx: Arc<ClusterContext>) -> Result<Action
         return Err(e);
     }
     ctx.set_unwritten(&uid, None);
-    ctx.set_known(&uid, report.status.clone());
+    // Only a status that differs from the cached one needs remembering until the cache has it.
+    ctx.set_known(
+        &uid,
+        (image.status.as_ref() != Some(&report.status)).then(|| report.status.clone()),
+    );
     let failed_workloads = report
         .workloads
         .iter()
@@ -634,7 +773,7 @@ async fn write(
     // kimup (Go) mirrors the tag in an annotation; the annotation trigger is removed once handled.
     // Metadata first: the watch event of the status write must not still carry the trigger
     // annotation, or the Image would sync a second time.
-    let current_tag_annotation = image.annotations().get(ANNOTATION_TAG).cloned();
+    let current_tag_annotation = tag_annotation(image).map(str::to_string);
     let mut annotations = serde_json::Map::new();
     if reason == Some(TriggerReason::Annotation) {
         annotations.insert(ANNOTATION_ACTION.into(), serde_json::Value::Null);
@@ -646,7 +785,7 @@ async fn write(
     }
     if !annotations.is_empty() {
         let patch = json!({"metadata": {"annotations": annotations}});
-        if !ctx.leading() {
+        if !ctx.lease_of(image).is_held() {
             return Err(lapsed("annotations"));
         }
         api.patch(
@@ -680,7 +819,7 @@ async fn write(
             "kind": "Image",
             "status": report.status,
         });
-        if !ctx.leading() {
+        if !ctx.lease_of(image).is_held() {
             return Err(lapsed("status"));
         }
         api.patch_status(
@@ -717,17 +856,12 @@ async fn publish(ctx: &ClusterContext, image: &Image, report: &SyncReport) {
     let reference = image.object_ref(&());
     for ev in &report.events {
         let event = Event {
-            type_: if ev.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
+            warning: ev.warning,
             reason: ev.reason.clone(),
-            note: Some(truncate(&ev.note, 1000)),
+            note: truncate(&ev.note, 1000),
             action: "Sync".into(),
-            secondary: None,
         };
-        if !ctx.leading() {
+        if !ctx.lease_of(image).is_held() {
             return;
         }
         if let Err(e) = ctx.recorder.publish(&event, &reference).await {
@@ -901,11 +1035,17 @@ spec:
         );
         let shared = Arc::new(Shared {
             tags: crate::registry::TagCache::new(registry, Duration::ZERO),
-            leadership: Leadership::always(),
+            owner: Ownership::single(Leadership::always()),
             http: client_for_alerts,
             pushes: tokio::sync::broadcast::channel(4).0,
         });
-        let ctx = ClusterContext::new("c", client, shared, Leadership::always(), None);
+        let ctx = ClusterContext::new(
+            "c",
+            client,
+            shared,
+            Ownership::single(Leadership::always()),
+            None,
+        );
         let run = LastRun {
             at: at("2026-01-01T00:00:00Z"),
             generation: Some(1),
@@ -971,6 +1111,71 @@ spec:
             !triggered_by(&image(BASE), &push(None, "library/nginx")),
             "a crontab-only Image waits for its schedule"
         );
+    }
+
+    #[test]
+    fn only_creations_deletions_and_spec_changes_wake_the_namespace() {
+        let img = Arc::new(image(BASE));
+        let mut newer = image(BASE);
+        newer.metadata.generation = Some(3);
+        let mut status_only = image(BASE);
+        status_only.status = Some(ImageStatus {
+            tag: Some("1.25.1".into()),
+            ..Default::default()
+        });
+        let cached = |c: Option<Arc<Image>>| move |_: &Image| c;
+        let apply = |i: &Image| watcher::Event::Apply(i.clone());
+        assert!(spec_event(&apply(&img), cached(None)).is_some(), "created");
+        assert!(
+            spec_event(&apply(&newer), cached(Some(img.clone()))).is_some(),
+            "respecified"
+        );
+        assert!(
+            spec_event(&apply(&status_only), cached(Some(img.clone()))).is_none(),
+            "a status write"
+        );
+        assert!(
+            spec_event(
+                &watcher::Event::Delete(image(BASE)),
+                cached(Some(img.clone()))
+            )
+            .is_some()
+        );
+        assert!(
+            spec_event(&watcher::Event::InitApply(image(BASE)), cached(None)).is_none(),
+            "the initial list: every Image reconciles anyway"
+        );
+    }
+
+    #[test]
+    fn a_tag_annotation_equal_to_the_status_tag_costs_no_map() {
+        let mut img = image(BASE);
+        img.status = Some(ImageStatus {
+            tag: Some("1.25.1".into()),
+            ..Default::default()
+        });
+        img.metadata.annotations =
+            Some([(ANNOTATION_TAG.to_string(), "1.25.1".to_string())].into());
+        slim_image(&mut img);
+        assert_eq!(img.metadata.annotations, Some(Default::default()));
+        assert_eq!(tag_annotation(&img), Some("1.25.1"));
+        // Another value, or other annotations, are kept as they are.
+        img.metadata.annotations =
+            Some([(ANNOTATION_TAG.to_string(), "1.25.0".to_string())].into());
+        slim_image(&mut img);
+        assert_eq!(tag_annotation(&img), Some("1.25.0"));
+        img.metadata.annotations = Some(
+            [
+                (ANNOTATION_TAG.to_string(), "1.25.1".to_string()),
+                (ANNOTATION_ACTION.to_string(), "refresh".to_string()),
+            ]
+            .into(),
+        );
+        slim_image(&mut img);
+        assert_eq!(img.metadata.annotations.as_ref().map(|a| a.len()), Some(2));
+        assert_eq!(tag_annotation(&img), Some("1.25.1"));
+        img.metadata.annotations = None;
+        assert_eq!(tag_annotation(&img), None);
     }
 
     #[test]

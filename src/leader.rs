@@ -101,7 +101,7 @@ impl Leadership {
     }
 
     /// Send instant of the last successful renewal, if any.
-    fn last_renewal(&self) -> Option<Instant> {
+    pub(crate) fn last_renewal(&self) -> Option<Instant> {
         match self.inner.renewed.load(Ordering::Acquire) {
             0 => None,
             n => self.inner.base.checked_add(Duration::from_nanos(n - 1)),
@@ -109,7 +109,7 @@ impl Leadership {
     }
 
     /// Records a renewal that succeeded, by the instant its request was sent.
-    fn record_renewal(&self, sent_at: Instant) {
+    pub(crate) fn record_renewal(&self, sent_at: Instant) {
         // An instant before `base` cannot be stored; not recording it only shortens leadership.
         let Some(since) = sent_at.checked_duration_since(self.inner.base) else {
             return;
@@ -122,12 +122,12 @@ impl Leadership {
     }
 
     /// Drops the stamp: the lease was seen in other hands, stop acting now.
-    fn forget(&self) {
+    pub(crate) fn forget(&self) {
         self.inner.renewed.store(0, Ordering::Release);
     }
 
     /// Publishes a gain or a loss; true when it changed what was announced.
-    fn announce(&self, held: bool) -> bool {
+    pub(crate) fn announce(&self, held: bool) -> bool {
         self.inner.announced.send_if_modified(|v| {
             let changed = *v != held;
             *v = held;
@@ -297,6 +297,50 @@ impl Elector {
         }
     }
 
+    /// Reads the lease and records what it shows, writing nothing: `Some(holder)` while another
+    /// replica holds it and it has not expired by our clock, None when it is free (absent,
+    /// released, expired, or ours). Sharded replicas watch the shards they do not hold with it,
+    /// so that a dead holder's shard is seen expired one lease duration after its last renewal.
+    pub async fn peek(&mut self) -> Result<Option<String>, kube::Error> {
+        let Some(lease) = self.api.get_opt(&self.config.name).await? else {
+            return Ok(None);
+        };
+        let spec = lease.spec.unwrap_or_default();
+        Ok(match self.judge(&spec) {
+            Attempt::HeldByOther(h) => Some(h),
+            Attempt::Write { .. } => None,
+        })
+    }
+
+    /// Records what the lease shows (its record, and since when by our clock) and decides.
+    fn judge(&mut self, spec: &LeaseSpec) -> Attempt {
+        let record = Record::of(spec);
+        let observed_at = match &self.observed {
+            Some((r, at)) if *r == record => *at,
+            _ => {
+                let at = Instant::now();
+                self.observed = Some((record.clone(), at));
+                at
+            }
+        };
+        // Honour the holder's own duration: it is the promise the holder made.
+        let duration = spec
+            .lease_duration_seconds
+            .map(|s| Duration::from_secs(s.max(0) as u64))
+            .unwrap_or(self.config.lease_duration);
+        decide(
+            record.holder.as_deref(),
+            &self.config.identity,
+            observed_at.elapsed(),
+            duration,
+        )
+    }
+
+    /// The election settings (name, identity, timing).
+    pub fn config(&self) -> &LeaderConfig {
+        &self.config
+    }
+
     /// One acquire-or-renew attempt (unbounded: the caller bounds it).
     pub async fn try_acquire_or_renew(&mut self) -> Result<Outcome, kube::Error> {
         let secs = self.config.lease_duration.as_secs().max(1) as i32;
@@ -327,26 +371,7 @@ impl Elector {
             };
         };
         let spec = lease.spec.clone().unwrap_or_default();
-        let record = Record::of(&spec);
-        let observed_at = match &self.observed {
-            Some((r, at)) if *r == record => *at,
-            _ => {
-                let at = Instant::now();
-                self.observed = Some((record.clone(), at));
-                at
-            }
-        };
-        // Honour the holder's own duration: it is the promise the holder made.
-        let duration = spec
-            .lease_duration_seconds
-            .map(|s| Duration::from_secs(s.max(0) as u64))
-            .unwrap_or(self.config.lease_duration);
-        let transition = match decide(
-            record.holder.as_deref(),
-            &self.config.identity,
-            observed_at.elapsed(),
-            duration,
-        ) {
+        let transition = match self.judge(&spec) {
             Attempt::HeldByOther(h) => return Ok(Outcome::HeldByOther(Some(h))),
             Attempt::Write { transition } => transition,
         };

@@ -63,6 +63,7 @@ struct Metrics {
     cluster_up: Family<ClusterLabels, Gauge>,
     credential_expiry: Family<ClusterLabels, Gauge>,
     leader: Gauge,
+    shards_held: Gauge,
     member_clusters: Gauge,
     reconcile_errors: Family<ErrorLabels, Counter>,
 }
@@ -139,6 +140,12 @@ fn metrics() -> &'static Metrics {
             "1 while this replica holds the lease",
             leader.clone(),
         );
+        let shards_held = Gauge::default();
+        registry.register(
+            "shards_held",
+            "Shards whose Lease this replica holds (--shards; 1 for the leader without sharding)",
+            shards_held.clone(),
+        );
         let member_clusters = Gauge::default();
         registry.register(
             "member_clusters",
@@ -165,6 +172,7 @@ fn metrics() -> &'static Metrics {
             cluster_up,
             credential_expiry,
             leader,
+            shards_held,
             member_clusters,
         }
     })
@@ -330,6 +338,13 @@ pub fn reconcile_error(cluster: &str, error: &str) {
 /// Sets whether this replica leads.
 pub fn leader(is_leader: bool) {
     metrics().leader.set(i64::from(is_leader));
+}
+
+/// Sets how many shards this replica holds.
+pub fn shards_held(n: usize) {
+    metrics()
+        .shards_held
+        .set(i64::try_from(n).unwrap_or(i64::MAX));
 }
 
 /// Sets how many member clusters are configured.

@@ -23,6 +23,7 @@ use crate::credential;
 use crate::leader::{self, Elector, LeaderConfig, Leadership};
 use crate::registry::{ClientSettings, RegistryClient, TagCache};
 use crate::server::{self, Health, Readiness};
+use crate::shards::{Ownership, ShardElector};
 use crate::sync::Shared;
 
 /// Flags of `kimup run`.
@@ -73,6 +74,11 @@ pub struct RunArgs {
     /// Interval between lease attempts.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub retry_period: Duration,
+    /// Split the work into this many shards, one Lease each (`<lease-name>-shard-<i>`); every
+    /// replica holds its fair share and syncs the Images whose repository hashes to them.
+    /// Needs --leader-elect; 1 is a single leader.
+    #[arg(long, env = "KIMUP_SHARDS", default_value_t = 1)]
+    pub shards: u32,
     /// Address of /metrics, /healthz, /readyz, /clusters and /webhooks.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub listen_addr: SocketAddr,
@@ -141,11 +147,22 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// Most shards: each is a Lease read every retry period by every replica.
+pub const MAX_SHARDS: u32 = 64;
+
 /// Checks the flags that clap cannot check alone (pure).
 pub fn validate(args: &RunArgs) -> Result<(), String> {
     const DAY: Duration = Duration::from_secs(24 * 3600);
     if args.leader_elect {
         leader::check_durations(args.lease_duration, args.renew_deadline, args.retry_period)?;
+    }
+    if args.shards == 0 || args.shards > MAX_SHARDS {
+        return Err(format!("--shards must be between 1 and {MAX_SHARDS}"));
+    }
+    if args.shards > 1 && !args.leader_elect {
+        return Err(
+            "--shards above 1 needs --leader-elect: replicas share shards through Leases".into(),
+        );
     }
     if args.tag_cache_ttl > DAY {
         return Err("--tag-cache-ttl must be at most 24h".into());
@@ -219,14 +236,16 @@ pub fn shared(args: &RunArgs) -> Result<Arc<Shared>> {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .context("building the alert HTTP client")?;
-    let leadership = if args.leader_elect {
-        Leadership::elected(args.renew_deadline)
+    let owner = if args.leader_elect && args.shards > 1 {
+        Ownership::sharded(args.shards, args.renew_deadline)
+    } else if args.leader_elect {
+        Ownership::single(Leadership::elected(args.renew_deadline))
     } else {
-        Leadership::always()
+        Ownership::single(Leadership::always())
     };
     Ok(Arc::new(Shared {
         tags: TagCache::new(client, args.tag_cache_ttl),
-        leadership,
+        owner,
         http,
         pushes: tokio::sync::broadcast::channel(1024).0,
     }))
@@ -239,7 +258,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let health = Health::default();
     let readiness = Readiness::default();
     let shutdown = CancellationToken::new();
-    let leadership = shared.leadership.clone();
+    let owner = shared.owner.clone();
 
     let listener = tokio::net::TcpListener::bind(args.listen_addr)
         .await
@@ -252,12 +271,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
             health: health.clone(),
             readiness: readiness.clone(),
             shared: shared.clone(),
-            leader: leadership.clone(),
+            leader: owner.clone(),
             webhooks,
         },
     ));
 
-    let mut elector = if args.leader_elect {
+    let election = if args.leader_elect {
         let client = home_client(&args).await?;
         let config = LeaderConfig {
             namespace: args.lease_namespace.clone(),
@@ -267,27 +286,35 @@ pub async fn run(args: RunArgs) -> Result<()> {
             renew_deadline: args.renew_deadline,
             retry_period: args.retry_period,
         };
-        info!(identity = %config.identity, lease = %format!("{}/{}", config.namespace, config.name), "leader election on");
-        Some(Elector::new(client, config))
+        info!(identity = %config.identity, lease = %format!("{}/{}", config.namespace, config.name), shards = args.shards, "leader election on");
+        let token = shutdown.clone();
+        // Dropped when the loop ends, returns or panics: /readyz then fails.
+        let alive = readiness.election_running();
+        Some(if args.shards > 1 {
+            let mut e = ShardElector::new(client, config, owner.clone());
+            tokio::spawn(async move {
+                e.run(token).await;
+                drop(alive);
+                Election::Shards(Box::new(e))
+            })
+        } else {
+            let mut e = Elector::new(client, config);
+            let leadership = owner.shard(0).clone();
+            tokio::spawn(async move {
+                e.run(leadership, token).await;
+                drop(alive);
+                Election::Single(Box::new(e))
+            })
+        })
     } else {
         crate::metrics::leader(true);
         None
     };
-    let election = elector.take().map(|mut e| {
-        let (leadership, token) = (leadership.clone(), shutdown.clone());
-        // Dropped when the loop ends, returns or panics: /readyz then fails.
-        let alive = readiness.election_running();
-        tokio::spawn(async move {
-            e.run(leadership, token).await;
-            drop(alive);
-            e
-        })
-    });
 
     let supervisor = tokio::spawn(supervise(
         args.clone(),
         shared.clone(),
-        leadership.clone(),
+        owner.clone(),
         health.clone(),
         readiness.clone(),
         shutdown.clone(),
@@ -296,18 +323,29 @@ pub async fn run(args: RunArgs) -> Result<()> {
     wait_for_signal().await;
     info!("shutting down: stopping all actions");
     // Stop acting at once, then stop the controllers, then hand the lease over.
-    leadership.relinquish();
+    owner.relinquish();
     shutdown.cancel();
     let _ = supervisor.await;
     // Bounded (leader::RELEASE_TIMEOUT): an unreachable home cluster must not hang SIGTERM.
-    if let Some(handle) = election
-        && let Ok(mut e) = handle.await
-        && let Err(err) = e.release().await
-    {
-        warn!(error = %err, "releasing the lease failed; a standby takes over when it expires");
+    if let Some(handle) = election {
+        match handle.await {
+            Ok(Election::Single(mut e)) => {
+                if let Err(err) = e.release().await {
+                    warn!(error = %err, "releasing the lease failed; a standby takes over when it expires");
+                }
+            }
+            Ok(Election::Shards(mut e)) => e.release().await,
+            Err(_) => {}
+        }
     }
     server.abort();
     Ok(())
+}
+
+/// The election loop that ran, handed back at shutdown to release its Leases.
+enum Election {
+    Single(Box<Elector>),
+    Shards(Box<ShardElector>),
 }
 
 /// Client of the home cluster (where the Lease lives).
@@ -438,7 +476,7 @@ const CONTROLLER_STOP_GRACE: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 struct ClusterRuntime {
     shared: Arc<Shared>,
-    leader: Leadership,
+    leader: Ownership,
     health: Health,
     identities: Identities,
     concurrency: u16,
@@ -452,7 +490,7 @@ struct ClusterRuntime {
 async fn supervise(
     args: RunArgs,
     shared: Arc<Shared>,
-    leader: Leadership,
+    leader: Ownership,
     health: Health,
     readiness: Readiness,
     shutdown: CancellationToken,
@@ -915,6 +953,39 @@ mod tests {
                 .unwrap_err()
                 .contains("too long")
         );
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn run_args(flags: &[&str]) -> RunArgs {
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("kimup").chain(flags.iter().copied()))
+            .expect("flags parse")
+            .run
+    }
+
+    #[test]
+    fn shards_need_the_election_and_stay_within_bounds() {
+        assert_eq!(validate(&run_args(&[])), Ok(()));
+        assert!(
+            validate(&run_args(&["--shards=3"]))
+                .unwrap_err()
+                .contains("--leader-elect")
+        );
+        assert_eq!(
+            validate(&run_args(&["--shards=3", "--leader-elect"])),
+            Ok(())
+        );
+        assert_eq!(
+            validate(&run_args(&["--shards=1", "--leader-elect"])),
+            Ok(())
+        );
+        assert!(validate(&run_args(&["--shards=0", "--leader-elect"])).is_err());
+        assert!(validate(&run_args(&["--shards=65", "--leader-elect"])).is_err());
     }
 
     #[test]

@@ -283,7 +283,7 @@ pub struct ServerState {
     /// The tag cache and the push fan-out.
     pub shared: Arc<Shared>,
     /// Whether this replica may act (webhooks are answered 503 on a standby).
-    pub leader: crate::leader::Leadership,
+    pub leader: crate::shards::Ownership,
     /// Webhook secrets and the failed-authentication limiter.
     pub webhooks: Arc<WebhookAuth>,
 }
@@ -400,7 +400,10 @@ async fn webhook(
     };
     // A standby must not act, and would lose the push: ask the sender to retry (the Service may
     // route the retry to the leader; distribution retries with backoff).
-    if !state.leader.is_held() {
+    // With shards, every replica hears every push (one notification endpoint each) and acts for
+    // the shards it holds: a replica holding none has nothing to do, which is no reason for the
+    // sender to retry.
+    if state.leader.count() == 1 && !state.leader.any_held() {
         crate::metrics::webhook(kind.name(), "not_leader");
         let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "not the leader\n");
         r.headers_mut()

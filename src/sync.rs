@@ -247,8 +247,9 @@ pub struct Shared {
     pub tags: TagCache,
     /// HTTP client for alerts.
     pub http: reqwest::Client,
-    /// Whether this replica may act; each cluster's controller asks it before every write.
-    pub leadership: crate::leader::Leadership,
+    /// Which shards this replica may act for (the leader election without sharding); each
+    /// cluster's controller asks the Image's shard before every write.
+    pub owner: crate::shards::Ownership,
     /// Registry pushes announced by webhooks, with the span that announced each, fanned out to
     /// every cluster's controller.
     pub pushes: tokio::sync::broadcast::Sender<crate::triggers::webhook::Push>,
@@ -712,7 +713,12 @@ fn condition(
             .iter()
             .find(|c| c.type_ == type_ && c.status == status)
             .map(|c| c.last_transition_time.clone())
-            .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now())),
+            // Whole seconds, as the API server stores a Time: the status read back then equals
+            // the one written, and the controller need not keep its own copy.
+            .unwrap_or_else(|| {
+                let now = k8s_openapi::jiff::Timestamp::now();
+                Time(k8s_openapi::jiff::Timestamp::from_second(now.as_second()).unwrap_or(now))
+            }),
     }
 }
 

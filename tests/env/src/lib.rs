@@ -29,7 +29,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ObjectMeta, PostParams};
 
 pub use binaries::Binaries;
-pub use cluster::{AuditEvent, Cluster, Etcd};
+pub use cluster::{Audit, AuditEvent, Cluster, Etcd};
 pub use jaeger::{Jaeger, JaegerPorts};
 pub use registry::{BasicAuth, Registry};
 pub use sinks::{Collector, HttpSink, SmtpServer};
@@ -68,7 +68,7 @@ pub struct Builder {
     crds: Vec<CustomResourceDefinition>,
     name: Option<String>,
     keep_data: bool,
-    audit_log: bool,
+    audit_log: cluster::Audit,
     toxiproxy: bool,
     jaeger: bool,
     rollouts: bool,
@@ -148,7 +148,14 @@ impl Builder {
 
     /// Give every API server an audit log of writes (`Cluster::audit_events`), in the log folder.
     pub fn audit_log(mut self) -> Self {
-        self.audit_log = true;
+        self.audit_log = cluster::Audit::Writes;
+        self
+    }
+
+    /// Give every API server an audit log of every request, reads included (the benchmark's
+    /// count of API requests per sync).
+    pub fn audit_log_everything(mut self) -> Self {
+        self.audit_log = cluster::Audit::Everything;
         self
     }
 

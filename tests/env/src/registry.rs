@@ -54,14 +54,34 @@ impl Registry {
         url: &str,
         token: &str,
     ) -> Result<Self> {
-        let notifications = serde_json::json!({"endpoints": [{
-            "name": "kimup",
-            "url": url,
-            "headers": {"Authorization": [format!("Bearer {token}")]},
-            "timeout": "2s",
-            "threshold": 3,
-            "backoff": "1s",
-        }]});
+        Self::start_notifying_all(name, bins, dir, log_dir, &[url.to_string()], token).await
+    }
+
+    /// As [`Registry::start_notifying`], with one notification endpoint per URL (every replica
+    /// of a sharded kimup hears every push and acts on the Images of the shards it holds).
+    pub async fn start_notifying_all(
+        name: &str,
+        bins: &Binaries,
+        dir: &Path,
+        log_dir: &Path,
+        urls: &[String],
+        token: &str,
+    ) -> Result<Self> {
+        let endpoints: Vec<serde_json::Value> = urls
+            .iter()
+            .enumerate()
+            .map(|(i, url)| {
+                serde_json::json!({
+                    "name": format!("kimup-{i}"),
+                    "url": url,
+                    "headers": {"Authorization": [format!("Bearer {token}")]},
+                    "timeout": "2s",
+                    "threshold": 3,
+                    "backoff": "1s",
+                })
+            })
+            .collect();
+        let notifications = serde_json::json!({ "endpoints": endpoints });
         Self::start(name, bins, dir, log_dir, None, Some(notifications)).await
     }
 
@@ -265,6 +285,29 @@ impl Registry {
             .await
             .with_context(|| format!("pushing {reference}"))?;
         self.digest(repository, tag).await
+    }
+
+    /// Pushes an image under `tag` and returns as soon as the registry accepted its manifest
+    /// (the moment a push notification is due), without reading the digest back.
+    pub async fn push_only(&self, repository: &str, tag: &str) -> Result<()> {
+        let client = self.oci_client()?;
+        let reference: Reference = format!("{}/{repository}:{tag}", self.host)
+            .parse()
+            .with_context(|| format!("reference {repository}:{tag}"))?;
+        let (layer_gz, diff_id) = layer(&format!("{repository}:{tag}"))?;
+        let config = serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Labels": {"kimup.test/tag": tag}},
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        });
+        let layers = vec![ImageLayer::oci_v1_gzip(layer_gz, None)];
+        let config = Config::oci_v1(serde_json::to_vec(&config)?, None);
+        client
+            .push(&reference, &layers, config, &self.registry_auth(), None)
+            .await
+            .with_context(|| format!("pushing {reference}"))?;
+        Ok(())
     }
 
     /// Moves `tag` to a new digest (as a rebuilt mutable tag would), returning the new digest.
