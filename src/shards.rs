@@ -205,7 +205,14 @@ pub struct ShardElector {
     releasing: HashMap<u32, Instant>,
     preferred: Vec<u32>,
     held: Vec<bool>,
+    /// Until then a replica takes no free shard: replicas started together first see each
+    /// other's membership, so none takes shards it must hand over (each handover re-lists the
+    /// shard's repositories, each replica having its own tag cache).
+    settle_until: Instant,
 }
+
+/// Rounds a new replica waits, counting the others, before it takes free shards.
+const SETTLE_ROUNDS: u32 = 2;
 
 /// Membership Leases unchanged this many lease durations belong to gone replicas: deleted.
 const MEMBER_GC_DURATIONS: u32 = 10;
@@ -237,6 +244,7 @@ impl ShardElector {
             member,
             api: Api::namespaced(client, &config.namespace),
             preferred: preference(&config.identity, shards),
+            settle_until: Instant::now() + config.retry_period * SETTLE_ROUNDS,
             base: config,
             held: vec![false; shards as usize],
             owner,
@@ -345,7 +353,10 @@ impl ShardElector {
             self.held[i as usize] = leadership.is_held();
         }
         let held: Vec<u32> = (0..shards).filter(|i| self.held[*i as usize]).collect();
-        let (release, take) = rebalance(&self.preferred, &held, &free, share);
+        let (release, mut take) = rebalance(&self.preferred, &held, &free, share);
+        if Instant::now() < self.settle_until {
+            take.clear();
+        }
         for i in release {
             // Stop acting now; the Lease goes once a write that passed the check just before
             // has had the grace that expiry would give it.
