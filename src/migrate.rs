@@ -118,21 +118,24 @@ pub fn convert(doc: &Value) -> Result<Converted, MigrateError> {
                  the chart runs kimup's image (values image.repository and image.tag)",
                 show(value)
             )),
-            "annotations" => put_map(&mut values, "podAnnotations", value, &name, &field)?,
-            "labels" => put_map(&mut values, "podLabels", value, &name, &field)?,
-            "nodeSelector" => put_map(&mut values, "nodeSelector", value, &name, &field)?,
-            "env" => put_seq(&mut values, "env", value, &name, &field)?,
-            "tolerations" => put_seq(&mut values, "tolerations", value, &name, &field)?,
-            "topologySpreadConstraints" => put_seq(
-                &mut values,
-                "topologySpreadConstraints",
-                value,
-                &name,
-                &field,
-            )?,
-            "resources" => put_map(&mut values, "resources", value, &name, &field)?,
-            "affinity" => put_map(&mut values, "affinity", value, &name, &field)?,
-            "priorityClassName" => put_str(&mut values, "priorityClassName", value, &name, &field)?,
+            "annotations"
+            | "labels"
+            | "nodeSelector"
+            | "env"
+            | "tolerations"
+            | "topologySpreadConstraints"
+            | "resources"
+            | "affinity"
+            | "priorityClassName" => {
+                let (to, wanted) = match key {
+                    "annotations" => ("podAnnotations", Shape::Mapping),
+                    "labels" => ("podLabels", Shape::Mapping),
+                    "env" | "tolerations" | "topologySpreadConstraints" => (key, Shape::List),
+                    "priorityClassName" => (key, Shape::Text),
+                    _ => (key, Shape::Mapping),
+                };
+                put(&mut values, to, value, wanted, &name, &field)?
+            }
             "serviceAccountName" => {
                 let sa = value
                     .as_str()
@@ -326,58 +329,36 @@ fn show(v: &Value) -> String {
     }
 }
 
-fn put_map(
-    values: &mut Mapping,
-    key: &str,
-    v: &Value,
-    name: &str,
-    field: &str,
-) -> Result<(), MigrateError> {
-    match v {
-        Value::Null => Ok(()),
-        Value::Mapping(m) if m.is_empty() => Ok(()),
-        Value::Mapping(_) => {
-            values.insert(key.into(), v.clone());
-            Ok(())
-        }
-        _ => Err(shape(name, field, "a mapping")),
-    }
+/// The YAML shape a carried field must have.
+#[derive(Clone, Copy)]
+enum Shape {
+    Mapping,
+    List,
+    Text,
 }
 
-fn put_seq(
+/// Copies `v` to `values[key]` when it has `shape` and is not empty; null and empty are skipped.
+fn put(
     values: &mut Mapping,
     key: &str,
     v: &Value,
+    shape_wanted: Shape,
     name: &str,
     field: &str,
 ) -> Result<(), MigrateError> {
-    match v {
-        Value::Null => Ok(()),
-        Value::Sequence(s) if s.is_empty() => Ok(()),
-        Value::Sequence(_) => {
-            values.insert(key.into(), v.clone());
-            Ok(())
-        }
-        _ => Err(shape(name, field, "a list")),
+    let empty = match (shape_wanted, v) {
+        (_, Value::Null) => true,
+        (Shape::Mapping, Value::Mapping(m)) => m.is_empty(),
+        (Shape::List, Value::Sequence(l)) => l.is_empty(),
+        (Shape::Text, Value::String(t)) => t.is_empty(),
+        (Shape::Mapping, _) => return Err(shape(name, field, "a mapping")),
+        (Shape::List, _) => return Err(shape(name, field, "a list")),
+        (Shape::Text, _) => return Err(shape(name, field, "a string")),
+    };
+    if !empty {
+        values.insert(key.into(), v.clone());
     }
-}
-
-fn put_str(
-    values: &mut Mapping,
-    key: &str,
-    v: &Value,
-    name: &str,
-    field: &str,
-) -> Result<(), MigrateError> {
-    match v {
-        Value::Null => Ok(()),
-        Value::String(s) if s.is_empty() => Ok(()),
-        Value::String(_) => {
-            values.insert(key.into(), v.clone());
-            Ok(())
-        }
-        _ => Err(shape(name, field, "a string")),
-    }
+    Ok(())
 }
 
 /// kimup (Go)'s controller flags, accepted so that an old command line fails with the way over
