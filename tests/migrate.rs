@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kimup::api::{Image, SyncResult};
+use kimup_testenv::process::wait_until;
 use kimup_testenv::{Binaries, TestEnv};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::discovery::ApiResource;
@@ -300,21 +301,6 @@ fn resource(kind: &str, plural: &str) -> ApiResource {
     }
 }
 
-async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what} did not happen within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn removing_kimup_go_keeps_every_image() {
     let env = TestEnv::builder()
@@ -362,11 +348,12 @@ async fn removing_kimup_go_keeps_every_image() {
     ];
     let mut uids = Vec::new();
     for (ar, yaml) in &docs {
-        wait_for("the kimup (Go) CRDs serve", Duration::from_secs(30), || {
+        wait_until("the kimup (Go) CRDs serve", Duration::from_secs(30), || {
             let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, ar);
-            async move { api.list(&ListParams::default()).await.is_ok() }
+            async move { Ok(api.list(&ListParams::default()).await.is_ok()) }
         })
-        .await;
+        .await
+        .expect("CRDs served");
         let mut obj: DynamicObject = serde_yaml::from_str(yaml).expect("manifest");
         obj.metadata.namespace = Some(ns.clone());
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, ar);
@@ -418,15 +405,12 @@ async fn removing_kimup_go_keeps_every_image() {
     crds.delete("kimups.kimup.cloudavenue.io", &DeleteParams::default())
         .await
         .expect("delete the Kimup CRD");
-    wait_for("the Kimup CRD is gone", Duration::from_secs(60), || {
+    wait_until("the Kimup CRD is gone", Duration::from_secs(60), || {
         let crds = crds.clone();
-        async move {
-            crds.get_opt("kimups.kimup.cloudavenue.io")
-                .await
-                .is_ok_and(|c| c.is_none())
-        }
+        async move { Ok(crds.get_opt("kimups.kimup.cloudavenue.io").await?.is_none()) }
     })
-    .await;
+    .await
+    .expect("Kimup CRD deleted");
     for (ar, name, uid) in &uids[..2] {
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, ar);
         let now = api
