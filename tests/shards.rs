@@ -17,7 +17,8 @@ use kimup_testenv::process::free_port;
 use kimup_testenv::{AuditEvent, TestEnv};
 
 const SHARDS: u32 = 3;
-const REPOS: usize = 6;
+/// Images per shard: the repository names are chosen so that every shard has this many.
+const PER_SHARD: usize = 2;
 const LEASE: Duration = Duration::from_secs(4);
 const RETRY: Duration = Duration::from_secs(1);
 const BASE: &str = "kimup-leader";
@@ -101,10 +102,17 @@ async fn held(replicas: &[&Replica]) -> Vec<Option<f64>> {
 }
 
 /// Waits until every cluster's Deployment of every repository runs `tag`.
-async fn wait_everywhere(env: &TestEnv, ns: &str, host: &str, tag: &str, timeout: Duration) {
+async fn wait_everywhere(
+    env: &TestEnv,
+    ns: &str,
+    host: &str,
+    repos: &[usize],
+    tag: &str,
+    timeout: Duration,
+) {
     for c in &env.clusters {
         let client = c.client().await.expect("client");
-        for r in 0..REPOS {
+        for &r in repos {
             let want = format!("{host}/sh/app-{r}:{tag}");
             eventually(
                 &format!("{}: Deployment app-{r} runs {want}", c.name),
@@ -146,14 +154,33 @@ async fn replicas_share_shards_and_a_killed_replicas_shard_moves() {
         .await
         .expect("namespaces");
     let reg = env.plain_registry();
-    for r in 0..REPOS {
+    // The shard of a repository hashes the registry host, whose port changes every run: pick
+    // the repository numbers so that every shard has PER_SHARD of them, else a replica could
+    // hold a shard with nothing in it and the test would prove nothing about it.
+    let mut repos: Vec<usize> = Vec::new();
+    let mut per_shard = vec![0usize; SHARDS as usize];
+    for r in 0..1000 {
+        let shard = shard_of(&reg.host, &format!("sh/app-{r}"), SHARDS) as usize;
+        if per_shard[shard] < PER_SHARD {
+            per_shard[shard] += 1;
+            repos.push(r);
+        }
+        if per_shard.iter().all(|n| *n == PER_SHARD) {
+            break;
+        }
+    }
+    assert!(
+        per_shard.iter().all(|n| *n == PER_SHARD),
+        "no repository names fill every shard: {per_shard:?}"
+    );
+    for &r in &repos {
         reg.push_tags(&format!("sh/app-{r}"), &["1.0.0", "1.1.0"])
             .await
             .expect("push");
     }
     for c in &env.clusters {
         let client = c.client().await.expect("client");
-        for r in 0..REPOS {
+        for &r in &repos {
             create_deployment(
                 &client,
                 &ns,
@@ -175,7 +202,8 @@ async fn replicas_share_shards_and_a_killed_replicas_shard_moves() {
             .await;
         }
     }
-    let shard_of_image: BTreeMap<String, u32> = (0..REPOS)
+    let shard_of_image: BTreeMap<String, u32> = repos
+        .iter()
         .map(|r| {
             (
                 format!("app-{r}"),
@@ -200,7 +228,15 @@ async fn replicas_share_shards_and_a_killed_replicas_shard_moves() {
         },
     )
     .await;
-    wait_everywhere(&env, &ns, &reg.host, "1.1.0", Duration::from_secs(30)).await;
+    wait_everywhere(
+        &env,
+        &ns,
+        &reg.host,
+        &repos,
+        "1.1.0",
+        Duration::from_secs(30),
+    )
+    .await;
 
     // SIGKILL of a replica: its shard is taken by a survivor within the lease duration (and a
     // retry period), the survivors hold every shard, and a new tag reaches every cluster.
@@ -234,13 +270,21 @@ async fn replicas_share_shards_and_a_killed_replicas_shard_moves() {
             took <= LEASE + RETRY * 3 + Duration::from_millis(500),
             "took {took:?}"
         );
-        for r in 0..REPOS {
+        for &r in &repos {
             reg.push_tags(&format!("sh/app-{r}"), &["1.2.0"])
                 .await
                 .expect("push");
         }
         let pushed = Instant::now();
-        wait_everywhere(&env, &ns, &reg.host, "1.2.0", Duration::from_secs(30)).await;
+        wait_everywhere(
+            &env,
+            &ns,
+            &reg.host,
+            &repos,
+            "1.2.0",
+            Duration::from_secs(30),
+        )
+        .await;
         println!(
             "1.2.0 everywhere {:.2} s after the push",
             pushed.elapsed().as_secs_f64()
