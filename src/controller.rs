@@ -25,7 +25,9 @@ use tracing::{Instrument, debug, info, info_span, instrument, warn};
 use crate::actions::apply::FIELD_MANAGER;
 use crate::api::{ANNOTATION_ACTION, ANNOTATION_TAG, Image, ImageStatus, TriggerType};
 use crate::events::{Event, Recorder};
+use crate::fleet::{Fleet, ImageKey, Seen};
 use crate::leader::Leadership;
+use crate::promotion::{self, Gate, Peer, PromotionError};
 use crate::shards::Ownership;
 use crate::sync::{self, Scope, Shared, SyncReport, TriggerReason};
 use crate::triggers::webhook::RepoEvent;
@@ -94,6 +96,9 @@ struct Memory {
     known: HashMap<String, ImageStatus>,
     /// Consecutive failed reconciles, for the backoff.
     failures: HashMap<String, u32>,
+    /// What the promotion gate of each promoted Image let through at its last sync: a gate
+    /// that lets another set through (a soak completed elsewhere) syncs the Image.
+    gates: HashMap<String, String>,
 }
 
 /// The last sync of an Image.
@@ -167,7 +172,22 @@ impl ClusterContext {
                 m.last_run.remove(&uid_key(uid));
                 m.unwritten.remove(uid);
                 m.known.remove(uid);
+                m.gates.remove(uid);
             }
+        });
+    }
+
+    /// Records what the promotion gate let through at an Image's sync; returns whether that
+    /// differs from the last sync's.
+    fn gate_changed(&self, uid: &str, through: &str) -> bool {
+        self.with_memory(|m| m.gates.get(uid).map(String::as_str) != Some(through))
+            .unwrap_or(true)
+    }
+
+    fn set_gate(&self, uid: &str, through: Option<String>) {
+        self.with_memory(|m| match through {
+            Some(t) => m.gates.insert(uid.to_string(), t),
+            None => m.gates.remove(uid),
         });
     }
 
@@ -265,6 +285,7 @@ impl ClusterContext {
             m.unwritten.retain(|uid, _| live.contains(uid));
             m.known.retain(|uid, _| live.contains(uid));
             m.failures.retain(|uid, _| live.contains(uid));
+            m.gates.retain(|uid, _| live.contains(uid));
         });
     }
 
@@ -277,6 +298,7 @@ impl ClusterContext {
             m.last_run.clear();
             m.unwritten.clear();
             m.known.clear();
+            m.gates.clear();
         });
     }
 }
@@ -431,6 +453,7 @@ pub async fn run(
     let _ = ctx.images.set(store.clone());
     let _ = ctx.workloads.set(workload_caches);
     let pushed = pushed_images(ctx.clone(), store.clone());
+    let promoted = fleet_changes(ctx.clone(), store.clone());
     let relist = {
         let (store, ctx) = (store.clone(), ctx_for_leader.clone());
         gained_rx.flat_map(move |shard| {
@@ -482,6 +505,7 @@ pub async fn run(
             }
         })
         .reconcile_on(pushed)
+        .reconcile_on(promoted)
         .reconcile_on(relist)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())
@@ -605,6 +629,35 @@ fn pushed_images(
     })
 }
 
+/// The Image of this cluster that a rollout or promotion change of the same Image in another
+/// cluster concerns: it re-checks its gate (or starts recording its rollout).
+fn fleet_changes(
+    ctx: Arc<ClusterContext>,
+    store: Store<Image>,
+) -> impl futures::Stream<Item = ObjectRef<Image>> + Send + 'static {
+    let rx = ctx.shared.fleet.subscribe();
+    futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(change) => return Some((change, rx)),
+                // Missed changes are seen at the Images' next trigger or requeue.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    warn!(missed = n, "fleet changes dropped: controller too slow");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .filter_map(move |change| {
+        let found = (change.cluster != ctx.cluster)
+            .then(|| store.get(&change.key.object_ref()))
+            .flatten()
+            .filter(|img| ctx.lease_of(img).is_held())
+            .map(|img| ObjectRef::from_obj(img.as_ref()));
+        futures::future::ready(found)
+    })
+}
+
 /// A stream that yields once each time leadership is gained, after calling `on_gain`.
 fn leadership_gained(
     rx: watch::Receiver<bool>,
@@ -658,20 +711,35 @@ async fn reconcile(image: Arc<Image>, ctx: Arc<ClusterContext>) -> Result<Action
     let conflict = sync::conflicting(&image, others.iter().map(|i| i.as_ref()));
     let now = Utc::now();
     let pushed = ctx.take_pushed(&uid);
-    let planned = plan(
+    let key = ImageKey::of(&image);
+    let fleet = &ctx.shared.fleet;
+    let promotion = promotion_gate(fleet, &ctx.cluster, &image, &key, now);
+    let through = promotion.as_ref().map(gate_signature);
+    let record_rollout =
+        image.spec.promotion.is_some() || fleet.promoted_elsewhere(&key, &ctx.cluster);
+    let mut planned = plan(
         &image,
         ctx.last_run(&uid),
         pushed.is_some(),
         conflict.is_some(),
         now,
     );
+    // A gate that lets other tags through than at the last sync: the rules run again.
+    if let (Plan::Wait(_), Some(t)) = (&planned, &through)
+        && ctx.gate_changed(&uid, t)
+    {
+        planned = Plan::Sync(TriggerReason::Promotion);
+    }
     // A push always plans a sync: this trace is what the webhook requests caused.
     crate::telemetry::link_causes(&tracing::Span::current(), pushed.into_iter().flatten());
     let may_write = || lease.is_held();
+    let due = promotion.as_ref().and_then(|g| g.as_ref().ok()?.due);
     let scope = Scope {
         workloads,
         conflict,
         may_write: &may_write,
+        promotion,
+        record_rollout,
     };
     let (report, reason) = match planned {
         Plan::Sync(reason) => {
@@ -682,6 +750,14 @@ async fn reconcile(image: Arc<Image>, ctx: Arc<ClusterContext>) -> Result<Action
                     generation: image.metadata.generation,
                 },
             );
+            ctx.set_gate(&uid, through);
+            // A promotion appears (or changes): the same Image elsewhere starts recording its
+            // rollout for it to read.
+            if image.spec.promotion.is_some()
+                && matches!(reason, TriggerReason::Startup | TriggerReason::SpecChange)
+            {
+                fleet.changed(&ctx.cluster, key.clone());
+            }
             let report = sync::sync_image(
                 &ctx.shared,
                 &ctx.client,
@@ -695,7 +771,7 @@ async fn reconcile(image: Arc<Image>, ctx: Arc<ClusterContext>) -> Result<Action
             (report, Some(reason))
         }
         Plan::Wait(_) => (
-            sync::converge_image(&ctx.client, &image, &previous, &scope).await,
+            sync::converge_image(&ctx.shared, &ctx.client, &image, &previous, &scope).await,
             None,
         ),
     };
@@ -715,6 +791,14 @@ async fn reconcile(image: Arc<Image>, ctx: Arc<ClusterContext>) -> Result<Action
         return Err(e);
     }
     ctx.set_unwritten(&uid, None);
+    // A new rollout state here may open (or halt) the gate of the same Image elsewhere: they
+    // re-check, and their promotion decisions link to this reconcile.
+    if report.status.rollout != stored.rollout && report.status.rollout.is_some() {
+        if let Some(span) = crate::telemetry::span_context(&tracing::Span::current()) {
+            fleet.record_span(&ctx.cluster, &key, span);
+        }
+        fleet.changed(&ctx.cluster, key.clone());
+    }
     // Only a status that differs from the cached one needs remembering until the cache has it.
     ctx.set_known(
         &uid,
@@ -738,8 +822,61 @@ async fn reconcile(image: Arc<Image>, ctx: Arc<ClusterContext>) -> Result<Action
         .unwrap_or_default()
         .iter()
         .filter_map(|s| s.next_after(last))
+        .chain(due)
         .min();
     Ok(requeue_at(next, Utc::now()))
+}
+
+/// The promotion gate of an Image with `spec.promotion`, read from the other members' watch
+/// caches; a `promotion.gate` span links to the reconciles that recorded what it read.
+fn promotion_gate(
+    fleet: &Fleet,
+    cluster: &str,
+    image: &Image,
+    key: &ImageKey,
+    now: DateTime<Utc>,
+) -> Option<Result<Gate, PromotionError>> {
+    let members = fleet.members();
+    let (clusters, soak) = match promotion::gate_of(image, cluster, &members)? {
+        Ok(g) => g,
+        Err(e) => return Some(Err(e)),
+    };
+    let seen: Vec<(String, Seen)> = clusters
+        .iter()
+        .map(|c| (c.clone(), fleet.seen(c, key)))
+        .collect();
+    let everywhere: Vec<Seen> = members.iter().map(|m| fleet.seen(m, key)).collect();
+    let bad = promotion::failed_anywhere(everywhere.iter().filter_map(|s| match s {
+        Seen::Found(st) => Some(st.as_ref()),
+        _ => None,
+    }));
+    let peers: Vec<Peer<'_>> = seen
+        .iter()
+        .map(|(c, s)| Peer {
+            cluster: c,
+            seen: s,
+        })
+        .collect();
+    let gate = promotion::gate(&peers, &bad, soak, now);
+    let span = info_span!(
+        "promotion.gate",
+        after = %clusters.join(","),
+        soak = %promotion::human(soak),
+        eligible = %gate.eligible.iter().cloned().collect::<Vec<_>>().join(","),
+        reason = gate.reason,
+        message = %gate.message,
+    );
+    crate::telemetry::link_causes(&span, clusters.iter().filter_map(|c| fleet.span(c, key)));
+    debug!(parent: &span, eligible = gate.eligible.len(), reason = gate.reason, "promotion gate");
+    Some(Ok(gate))
+}
+
+/// What a gate lets through, as compared between syncs: the eligible tags, or its error.
+fn gate_signature(gate: &Result<Gate, PromotionError>) -> String {
+    match gate {
+        Ok(g) => g.eligible.iter().cloned().collect::<Vec<_>>().join(","),
+        Err(e) => format!("error: {e}"),
+    }
 }
 
 fn requeue_at(next: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Action {
@@ -1038,6 +1175,7 @@ spec:
             owner: Ownership::single(Leadership::always()),
             http: client_for_alerts,
             pushes: tokio::sync::broadcast::channel(4).0,
+            fleet: crate::fleet::Fleet::new(crate::server::Health::default()),
         });
         let ctx = ClusterContext::new(
             "c",

@@ -37,6 +37,9 @@ enum Command {
     /// Onboard member clusters: add (least privilege), list, remove.
     #[command(subcommand)]
     Cluster(kimup::onboard::ClusterCommand),
+    /// Print where each Image's tag stands in every member cluster (the Image × cluster matrix:
+    /// tag, result, healthy since, what a promotion waits for).
+    Fleet(Box<kimup::fleet::FleetArgs>),
     /// Dry-run rules against a tag list or the live registry.
     Evaluate(Box<EvaluateArgs>),
     /// Print the version.
@@ -95,6 +98,12 @@ fn main() -> std::process::ExitCode {
                 return 1.into();
             };
             rt.block_on(kimup::onboard::main(cmd)).into()
+        }
+        Command::Fleet(args) => {
+            let Some(rt) = runtime(false) else {
+                return 1.into();
+            };
+            rt.block_on(kimup::fleet::main(&args)).into()
         }
         Command::Evaluate(args) => {
             let Some(rt) = runtime(false) else {

@@ -212,8 +212,9 @@ pub fn check_paths(args: &RunArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Builds the process-wide services from the flags.
-pub fn shared(args: &RunArgs) -> Result<Arc<Shared>> {
+/// Builds the process-wide services from the flags; `members` is the member clusters' state,
+/// which promotions read.
+pub fn shared(args: &RunArgs, members: Health) -> Result<Arc<Shared>> {
     let mut extra_ca_pem = Vec::new();
     for f in &args.registry_ca_files {
         extra_ca_pem.push(
@@ -248,14 +249,15 @@ pub fn shared(args: &RunArgs) -> Result<Arc<Shared>> {
         owner,
         http,
         pushes: tokio::sync::broadcast::channel(1024).0,
+        fleet: crate::fleet::Fleet::new(members),
     }))
 }
 
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(args: RunArgs) -> Result<()> {
     validate(&args).map_err(|e| anyhow::anyhow!(e))?;
-    let shared = shared(&args)?;
     let health = Health::default();
+    let shared = shared(&args, health.clone())?;
     let readiness = Readiness::default();
     let shutdown = CancellationToken::new();
     let owner = shared.owner.clone();

@@ -177,6 +177,27 @@ impl Health {
             .count()
     }
 
+    /// Every member cluster's name, sorted.
+    pub fn member_names(&self) -> Vec<String> {
+        match self.clusters.read() {
+            Ok(m) => m.keys().cloned().collect(),
+            Err(p) => p.into_inner().keys().cloned().collect(),
+        }
+    }
+
+    /// A member's Image cache when its watch runs and has listed: what another cluster's
+    /// promotion may trust. A down cluster's cache keeps its last state, which may be stale.
+    pub fn watched_images(&self, cluster: &str) -> Option<Store<Image>> {
+        let store = self.clusters.read().ok().and_then(|m| {
+            m.get(cluster)
+                .filter(|e| e.up)
+                .and_then(|e| e.images.clone())
+        })?;
+        futures::FutureExt::now_or_never(store.wait_until_ready())
+            .is_some_and(|r| r.is_ok())
+            .then_some(store)
+    }
+
     /// Forgets a removed cluster.
     pub fn remove(&self, cluster: &str) {
         crate::metrics::credential_expiry(cluster, None);
@@ -298,6 +319,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: ServerState) -> std
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/clusters", get(clusters))
+        .route("/fleet", get(fleet))
         .route("/webhooks/{source}", post(webhook))
         .layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT))
         .with_state(state.clone());
@@ -345,6 +367,25 @@ async fn readyz(State(state): State<ServerState>) -> (StatusCode, String) {
 
 async fn clusters(State(state): State<ServerState>) -> axum::Json<Vec<ClusterReport>> {
     axum::Json(state.health.clusters())
+}
+
+/// The Image × cluster matrix of `kimup fleet`, from the watch caches.
+async fn fleet(State(state): State<ServerState>) -> axum::Json<crate::fleet::View> {
+    // Snapshots of each cache (None: not watched now), then the matrix over borrowed Images.
+    let snapshots: Vec<(String, Option<Vec<std::sync::Arc<Image>>>)> = state
+        .shared
+        .fleet
+        .stores()
+        .into_iter()
+        .map(|(name, store)| (name, store.map(|s| s.state())))
+        .collect();
+    axum::Json(crate::fleet::view(snapshots.iter().map(|(name, images)| {
+        let images = images
+            .as_ref()
+            .map(|v| v.iter().map(|i| i.as_ref()).collect())
+            .ok_or_else(|| format!("{name} is not watched now (down or starting)"));
+        (name.clone(), images)
+    })))
 }
 
 fn text(code: StatusCode, body: impl Into<String>) -> Response {

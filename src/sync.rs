@@ -18,8 +18,11 @@ use crate::actions::alert::{self, AlertError};
 use crate::actions::apply::{self, Desired, Verdict, WorkloadOutcome};
 use crate::actions::template::AlertContext;
 use crate::actions::values::ValueResolver;
-use crate::api::image::{AlertRecord, ImageRule, PendingAlert, WorkloadState, WorkloadsStatus};
+use crate::api::image::{
+    AlertRecord, ImageRule, PendingAlert, RolloutStatus, WorkloadState, WorkloadsStatus,
+};
 use crate::api::{ActionType, Image, ImageStatus, SyncResult, TriggerType};
+use crate::promotion::{self, CONDITION_PROMOTION, Gate, PromotionError};
 use crate::registry::credentials::{self, Credential, CredentialError};
 use crate::registry::reference::{self, ImageRef, ReferenceError};
 use crate::registry::{RegistryError, TagCache, TlsMode};
@@ -80,6 +83,9 @@ pub enum SyncError {
     /// An action kimup lists but does not implement.
     #[error("rule {rule:?}: action request-approval is not supported by kimup")]
     Unsupported { rule: String },
+    /// `spec.promotion` cannot be followed.
+    #[error(transparent)]
+    Promotion(#[from] PromotionError),
 }
 
 impl SyncError {
@@ -94,6 +100,7 @@ impl SyncError {
             SyncError::Registry(e) => e.result(),
             SyncError::Rule { .. } => SyncResult::GetRuleError,
             SyncError::Alert { .. } | SyncError::Unsupported { .. } => SyncResult::ActionError,
+            SyncError::Promotion(_) => SyncResult::Error,
         }
     }
 
@@ -109,6 +116,7 @@ impl SyncError {
             SyncError::Rule { .. } => "RuleError",
             SyncError::Alert { .. } => "AlertFailed",
             SyncError::Unsupported { .. } => "UnsupportedAction",
+            SyncError::Promotion(_) => "InvalidPromotion",
         }
     }
 
@@ -124,6 +132,7 @@ impl SyncError {
             SyncError::Rule { .. } => "rule",
             SyncError::Alert { .. } => "alert",
             SyncError::Unsupported { .. } => "unsupported",
+            SyncError::Promotion(e) => e.metric_label(),
         }
     }
 }
@@ -141,6 +150,8 @@ pub enum TriggerReason {
     Annotation,
     /// A registry webhook.
     Webhook,
+    /// A promotion let a new tag through (a soak completed in a gate cluster).
+    Promotion,
 }
 
 impl TriggerReason {
@@ -152,6 +163,7 @@ impl TriggerReason {
             TriggerReason::Cron => "crontab",
             TriggerReason::Annotation => "annotation",
             TriggerReason::Webhook => "webhook",
+            TriggerReason::Promotion => "promotion",
         }
     }
 }
@@ -187,6 +199,12 @@ pub struct Scope<'a> {
     pub conflict: Option<String>,
     /// Asked before every write (leadership): once false, nothing more is written.
     pub may_write: &'a (dyn Fn() -> bool + Send + Sync),
+    /// The promotion gate of an Image with `spec.promotion` (None without): the tags it lets
+    /// through, or why it cannot be followed.
+    pub promotion: Option<Result<Gate, PromotionError>>,
+    /// Whether `status.rollout` is kept: the Image or the same Image in another member cluster
+    /// has a promotion (the others do not pay for it).
+    pub record_rollout: bool,
 }
 
 /// Delivered alerts kept per (rule, action): enough to never resend a recent tag, bounded so
@@ -253,6 +271,8 @@ pub struct Shared {
     /// Registry pushes announced by webhooks, with the span that announced each, fanned out to
     /// every cluster's controller.
     pub pushes: tokio::sync::broadcast::Sender<crate::triggers::webhook::Push>,
+    /// The member clusters' Image caches, which promotions read.
+    pub fleet: crate::fleet::Fleet,
 }
 
 /// Validates the Image's triggers and returns its cron schedules (pure).
@@ -358,13 +378,14 @@ pub async fn sync_image(
 /// Converges the Image's workloads to its `status.tag` without asking the registry: what a
 /// workload or namespace change, or a reconcile between triggers, runs.
 pub async fn converge_image(
+    shared: &Shared,
     client: &Client,
     image: &Image,
     previous: &ImageStatus,
     scope: &Scope<'_>,
 ) -> SyncReport {
     let namespace = image.metadata.namespace.clone().unwrap_or_default();
-    let mut events = Vec::new();
+    let name = image.metadata.name.clone().unwrap_or_default();
     let outcomes = converge(
         client,
         image,
@@ -372,6 +393,28 @@ pub async fn converge_image(
         previous.pinned_digest.as_deref(),
         scope,
         &namespace,
+    )
+    .await;
+    let mut state = State::from_previous(image, previous);
+    let now = chrono::Utc::now();
+    let rollout = rollout_of(
+        image,
+        previous,
+        previous.tag.as_deref(),
+        outcomes.as_deref(),
+        scope,
+        now,
+    );
+    report_rollout(
+        shared,
+        client,
+        image,
+        &namespace,
+        &name,
+        previous,
+        rollout.as_ref(),
+        scope,
+        &mut state,
     )
     .await;
     let synced = carried_sync(previous);
@@ -382,16 +425,20 @@ pub async fn converge_image(
             tag: previous.tag.clone(),
             digest: previous.digest.clone(),
             pinned: previous.pinned_digest.clone(),
-            alerts: previous.alerts.clone(),
-            pending_alerts: previous.pending_alerts.clone(),
+            alerts: state.alerts,
+            pending_alerts: state.pending,
             time: previous.time.clone(),
             synced,
             conflict: scope.conflict.clone(),
             outcomes: outcomes.as_deref(),
+            rollout,
+            promotion: scope.promotion.as_ref(),
         },
     );
+    let mut events = state.events;
     workload_events(previous, outcomes.as_deref(), &mut events);
     conflict_event(previous, scope.conflict.as_deref(), &mut events);
+    promotion_event(previous, scope.promotion.as_ref(), &mut events);
     SyncReport {
         status,
         events,
@@ -442,6 +489,23 @@ struct State {
 }
 
 impl State {
+    fn from_previous(image: &Image, previous: &ImageStatus) -> Self {
+        State {
+            current: previous
+                .tag
+                .clone()
+                .filter(|t| !t.is_empty())
+                .unwrap_or_else(|| image.spec.base_tag.clone()),
+            digest: previous.digest.clone(),
+            pinned: previous.pinned_digest.clone(),
+            alerts: previous.alerts.clone(),
+            pending: previous.pending_alerts.clone(),
+            events: Vec::new(),
+            failures: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
     fn fail(&mut self, e: SyncError) {
         warn!(error = %e, result = e.result().as_str(), "sync step failed");
         self.events.push(SyncEvent {
@@ -462,20 +526,7 @@ async fn run(
     namespace: &str,
     name: &str,
 ) -> SyncReport {
-    let mut state = State {
-        current: previous
-            .tag
-            .clone()
-            .filter(|t| !t.is_empty())
-            .unwrap_or_else(|| image.spec.base_tag.clone()),
-        digest: previous.digest.clone(),
-        pinned: previous.pinned_digest.clone(),
-        alerts: previous.alerts.clone(),
-        pending: previous.pending_alerts.clone(),
-        events: Vec::new(),
-        failures: Vec::new(),
-        notes: Vec::new(),
-    };
+    let mut state = State::from_previous(image, previous);
     // A conflict refuses the whole Image: no rule, no action, no workload.
     let rules_ran = if scope.conflict.is_some() {
         false
@@ -521,9 +572,30 @@ async fn run(
         namespace,
     )
     .await;
+    let rollout = rollout_of(
+        image,
+        previous,
+        tag.as_deref(),
+        outcomes.as_deref(),
+        scope,
+        now,
+    );
+    report_rollout(
+        shared,
+        client,
+        image,
+        namespace,
+        name,
+        previous,
+        rollout.as_ref(),
+        scope,
+        &mut state,
+    )
+    .await;
     let mut events = state.events;
     workload_events(previous, outcomes.as_deref(), &mut events);
     conflict_event(previous, scope.conflict.as_deref(), &mut events);
+    promotion_event(previous, scope.promotion.as_ref(), &mut events);
     let status = compose(
         image,
         previous,
@@ -537,6 +609,8 @@ async fn run(
             synced,
             conflict: scope.conflict.clone(),
             outcomes: outcomes.as_deref(),
+            rollout,
+            promotion: scope.promotion.as_ref(),
         },
     );
     let status = keep_time_if_unchanged(status, previous, now, heartbeat(image, now));
@@ -544,6 +618,125 @@ async fn run(
         status,
         events,
         workloads: outcomes.unwrap_or_default(),
+    }
+}
+
+/// `status.rollout` after this reconcile: the rollout of `tag` judged from apply's outcomes,
+/// when the Image records one (see [`Scope::record_rollout`]).
+fn rollout_of(
+    image: &Image,
+    previous: &ImageStatus,
+    tag: Option<&str>,
+    outcomes: Option<&[WorkloadOutcome]>,
+    scope: &Scope<'_>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<RolloutStatus> {
+    if !scope.record_rollout {
+        return None;
+    }
+    let tag = tag.filter(|t| !t.is_empty())?;
+    // Refused Images do not converge: their rollout is what it was.
+    if scope.conflict.is_some() {
+        return previous.rollout.clone();
+    }
+    let prev = previous.rollout.as_ref();
+    let since = promotion::rollout_since(prev, tag, now);
+    let judged = promotion::judge(image.has_apply(), outcomes, since, now);
+    Some(promotion::next_rollout(prev, tag, &judged, now))
+}
+
+/// Reports a rollout that newly failed here: a Warning event, and the alert actions of the
+/// Image's rules told, once per tag. Failure alerts go out at once (a failure is found between
+/// syncs) and are retried at every reconcile until delivered.
+#[allow(clippy::too_many_arguments)]
+async fn report_rollout(
+    shared: &Shared,
+    client: &Client,
+    image: &Image,
+    namespace: &str,
+    name: &str,
+    previous: &ImageStatus,
+    rollout: Option<&RolloutStatus>,
+    scope: &Scope<'_>,
+    state: &mut State,
+) {
+    if let Some(r) = rollout
+        && promotion::newly_failed(previous.rollout.as_ref(), r)
+    {
+        warn!(tag = %r.tag, message = %r.message, "rollout failed");
+        state.events.push(SyncEvent {
+            warning: true,
+            reason: "RolloutFailed".into(),
+            note: format!(
+                "{}: {}; clusters promoted after this one will not take it",
+                r.tag, r.message
+            ),
+        });
+        let actual = previous
+            .rollout
+            .as_ref()
+            .and_then(|p| p.earlier.first())
+            .map(|e| e.tag.clone())
+            .unwrap_or_default();
+        for rule in &image.spec.rules {
+            for action in rule.actions.iter().filter(|a| a.type_.is_alert()) {
+                queue_alert(
+                    state,
+                    &rule.name,
+                    action.type_,
+                    &r.tag,
+                    None,
+                    &actual,
+                    Some(&r.message),
+                );
+            }
+        }
+    }
+    if !state.pending.iter().any(|p| p.failure.is_some()) {
+        return;
+    }
+    let (failures, others): (Vec<_>, Vec<_>) = std::mem::take(&mut state.pending)
+        .into_iter()
+        .partition(|p| p.failure.is_some());
+    state.pending = failures;
+    let mut values = ValueResolver::new(client.clone(), namespace);
+    send_pending_alerts(
+        shared,
+        client,
+        image,
+        namespace,
+        name,
+        &Arc::new(Vec::new()),
+        scope,
+        &mut values,
+        state,
+    )
+    .await;
+    let failures = std::mem::replace(&mut state.pending, others);
+    state.pending.extend(failures);
+}
+
+/// A Warning event when the promotion gate starts halting on a tag that failed elsewhere, and
+/// when `spec.promotion` starts being unusable (not at every reconcile).
+fn promotion_event(
+    previous: &ImageStatus,
+    gate: Option<&Result<Gate, PromotionError>>,
+    events: &mut Vec<SyncEvent>,
+) {
+    let before = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_PROMOTION)
+        .map(|c| c.reason.as_str());
+    match gate {
+        Some(Ok(g)) if g.reason == "Halted" && before != Some("Halted") => {
+            events.push(SyncEvent {
+                warning: true,
+                reason: "PromotionHalted".into(),
+                note: g.message.clone(),
+            });
+        }
+        _ => {}
     }
 }
 
@@ -609,6 +802,10 @@ struct Composed<'a> {
     conflict: Option<String>,
     /// None when apply does not run for this Image (no apply action, no tag yet, a conflict).
     outcomes: Option<&'a [WorkloadOutcome]>,
+    /// `status.rollout`.
+    rollout: Option<RolloutStatus>,
+    /// The promotion gate, for the `Promotion` condition.
+    promotion: Option<&'a Result<Gate, PromotionError>>,
 }
 
 /// Builds the status (pure): `result` is the conflict's, else the sync's first failure, else
@@ -677,6 +874,25 @@ fn compose(image: &Image, previous: &ImageStatus, c: Composed<'_>) -> ImageStatu
             generation,
         ));
     }
+    match c.promotion {
+        Some(Ok(gate)) => conditions.push(condition(
+            previous,
+            CONDITION_PROMOTION,
+            gate.open(),
+            gate.reason,
+            &gate.message,
+            generation,
+        )),
+        Some(Err(e)) => conditions.push(condition(
+            previous,
+            CONDITION_PROMOTION,
+            false,
+            "InvalidPromotion",
+            &e.to_string(),
+            generation,
+        )),
+        None => {}
+    }
     ImageStatus {
         tag: c.tag,
         result: Some(result),
@@ -688,6 +904,7 @@ fn compose(image: &Image, previous: &ImageStatus, c: Composed<'_>) -> ImageStatu
         alerts: c.alerts,
         pending_alerts: c.pending_alerts,
         workloads,
+        rollout: c.rollout,
         conditions,
     }
 }
@@ -927,6 +1144,9 @@ async fn steps(
     let prepared = async {
         let reference = image_ref(image)?;
         schedules(image)?;
+        if let Some(Err(e)) = &scope.promotion {
+            return Err(SyncError::Promotion(e.clone()));
+        }
         let mut values = ValueResolver::new(client.clone(), namespace);
         let credential = credential_for(&mut values, image, &reference.registry).await?;
         let registry = shared.tags.client().clone();
@@ -939,12 +1159,33 @@ async fn steps(
         Ok::<_, SyncError>((reference, credential, tls, tags, values))
     }
     .await;
-    let (reference, credential, tls, tags, mut values) = match prepared {
+    let (reference, credential, tls, listed, mut values) = match prepared {
         Ok(p) => p,
         Err(e) => {
             state.fail(e);
             return false;
         }
+    };
+    // A promoted Image's rules see only the tags its gate lets through (and the current one,
+    // which the rules compare against).
+    let tags = match &scope.promotion {
+        Some(Ok(gate)) => {
+            let through: Vec<String> = listed
+                .iter()
+                .filter(|t| gate.eligible.contains(*t) || **t == state.current)
+                .cloned()
+                .collect();
+            info!(listed = listed.len(), eligible = through.len(), gate = %gate.message, "promotion gate");
+            if through.len() < listed.len() {
+                state.notes.push(format!(
+                    "promotion: {} of {} tags eligible",
+                    through.len(),
+                    listed.len()
+                ));
+            }
+            Arc::new(through)
+        }
+        _ => listed,
     };
 
     let mut chose = false;
@@ -1011,6 +1252,7 @@ async fn steps(
                     &new_tag,
                     digest.as_deref(),
                     &actual,
+                    None,
                 ),
             }
         }
@@ -1037,7 +1279,8 @@ async fn steps(
     true
 }
 
-/// Records an alert to deliver unless it was delivered or is already pending.
+/// Records an alert to deliver unless it was delivered or is already pending: a new tag's, or
+/// with `failure` the failed rollout of `new_tag`.
 fn queue_alert(
     state: &mut State,
     rule: &str,
@@ -1045,11 +1288,14 @@ fn queue_alert(
     new_tag: &str,
     digest: Option<&str>,
     actual: &str,
+    failure: Option<&str>,
 ) {
-    // Once per (Image, rule, action, tag); a digest alert is keyed by tag@digest.
-    let key = match digest {
-        Some(d) => format!("{new_tag}@{d}"),
-        None => new_tag.to_string(),
+    // Once per (Image, rule, action, tag); a digest alert is keyed by tag@digest, a failed
+    // rollout's by `tag rollout-failed`.
+    let key = match (digest, failure) {
+        (_, Some(_)) => format!("{new_tag} rollout-failed"),
+        (Some(d), None) => format!("{new_tag}@{d}"),
+        (None, None) => new_tag.to_string(),
     };
     let is = |r: &str, a: &str, t: &str| r == rule && a == action.as_str() && t == key;
     if state.alerts.iter().any(|a| is(&a.rule, &a.action, &a.tag)) {
@@ -1066,6 +1312,7 @@ fn queue_alert(
         new_tag: new_tag.to_string(),
         actual_tag: actual.to_string(),
         attempts: 0,
+        failure: failure.map(str::to_string),
     });
     while state.pending.len() > MAX_PENDING_ALERTS {
         let dropped = state.pending.remove(0);
@@ -1116,6 +1363,7 @@ async fn send_pending_alerts(
             new_tag: p.new_tag.clone(),
             actual_tag: p.actual_tag.clone(),
             available_tags: tags.to_vec(),
+            failure: p.failure.clone(),
         };
         let span = info_span!("action", r#type = action.type_.as_str(), rule = %rule.name);
         let sent = async {
@@ -1150,7 +1398,13 @@ async fn send_pending_alerts(
                 state.events.push(SyncEvent {
                     warning: false,
                     reason: "AlertSent".into(),
-                    note: format!("{} for {} (rule {})", p.action, p.new_tag, p.rule),
+                    note: match &p.failure {
+                        Some(_) => format!(
+                            "{} for the failed rollout of {} (rule {})",
+                            p.action, p.new_tag, p.rule
+                        ),
+                        None => format!("{} for {} (rule {})", p.action, p.new_tag, p.rule),
+                    },
                 });
                 record_delivered(
                     &mut state.alerts,

@@ -69,6 +69,99 @@ pub struct Workload {
     pub opted_in: bool,
     /// Its pod template.
     pub template: PodTemplateSpec,
+    /// How its rollout of that template fares, from its status.
+    pub rollout: Rollout,
+}
+
+/// Where a workload's rollout of its current template stands (from its status; pure).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rollout {
+    /// Every replica runs the current template and is available.
+    Complete,
+    /// Still rolling out, with what it waits for.
+    Progressing(String),
+    /// Kubernetes gave up: a Deployment's `Progressing=False` (`ProgressDeadlineExceeded`).
+    Failed(String),
+}
+
+/// A Deployment's rollout: generation observed, updated = available = desired replicas (and no
+/// old replica left), or failed past its progress deadline.
+pub fn deployment_rollout(d: &Deployment) -> Rollout {
+    let generation = d.metadata.generation.unwrap_or(0);
+    let Some(st) = d.status.as_ref() else {
+        return Rollout::Progressing("no status yet".into());
+    };
+    // Generation first: right after a change, the condition may still be the previous
+    // rollout's.
+    if st.observed_generation.unwrap_or(0) < generation {
+        return Rollout::Progressing("the change is not observed yet".into());
+    }
+    if let Some(c) = st.conditions.iter().flatten().find(|c| {
+        c.type_ == "Progressing"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    }) {
+        return Rollout::Failed(format!(
+            "ProgressDeadlineExceeded: {}",
+            c.message.as_deref().unwrap_or("")
+        ));
+    }
+    let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let updated = st.updated_replicas.unwrap_or(0);
+    let available = st.available_replicas.unwrap_or(0);
+    let total = st.replicas.unwrap_or(0);
+    if updated == desired && available == desired && total == desired {
+        Rollout::Complete
+    } else {
+        Rollout::Progressing(format!(
+            "{updated} of {desired} replicas updated, {available} available"
+        ))
+    }
+}
+
+/// A StatefulSet's rollout: generation observed, update revision reached, ready = updated =
+/// replicas. Kubernetes has no progress deadline for it; [`crate::promotion`] applies one.
+pub fn statefulset_rollout(s: &StatefulSet) -> Rollout {
+    let generation = s.metadata.generation.unwrap_or(0);
+    let Some(st) = s.status.as_ref() else {
+        return Rollout::Progressing("no status yet".into());
+    };
+    if st.observed_generation.unwrap_or(0) < generation {
+        return Rollout::Progressing("the change is not observed yet".into());
+    }
+    let desired = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let ready = st.ready_replicas.unwrap_or(0);
+    let updated = st.updated_replicas.unwrap_or(0);
+    let revision_reached =
+        st.update_revision.is_some() && st.update_revision == st.current_revision;
+    if revision_reached && ready == desired && updated == desired {
+        Rollout::Complete
+    } else {
+        Rollout::Progressing(format!(
+            "{updated} of {desired} replicas updated, {ready} ready"
+        ))
+    }
+}
+
+/// A DaemonSet's rollout: generation observed, updated = available = desired nodes.
+pub fn daemonset_rollout(d: &DaemonSet) -> Rollout {
+    let generation = d.metadata.generation.unwrap_or(0);
+    let Some(st) = d.status.as_ref() else {
+        return Rollout::Progressing("no status yet".into());
+    };
+    if st.observed_generation.unwrap_or(0) < generation {
+        return Rollout::Progressing("the change is not observed yet".into());
+    }
+    let desired = st.desired_number_scheduled;
+    let updated = st.updated_number_scheduled.unwrap_or(0);
+    let available = st.number_available.unwrap_or(0);
+    if updated == desired && available == desired {
+        Rollout::Complete
+    } else {
+        Rollout::Progressing(format!(
+            "{updated} of {desired} pods updated, {available} available"
+        ))
+    }
 }
 
 /// Read access to one cluster's watched workloads and namespaces.
@@ -220,6 +313,7 @@ impl Workloads {
             Kind::Deployment,
             &mut out,
             |d| d.spec.as_ref().map(|s| &s.template),
+            deployment_rollout,
         );
         collect(
             &self.statefulsets,
@@ -228,6 +322,7 @@ impl Workloads {
             Kind::StatefulSet,
             &mut out,
             |d| d.spec.as_ref().map(|s| &s.template),
+            statefulset_rollout,
         );
         collect(
             &self.daemonsets,
@@ -236,6 +331,7 @@ impl Workloads {
             Kind::DaemonSet,
             &mut out,
             |d| d.spec.as_ref().map(|s| &s.template),
+            daemonset_rollout,
         );
         collect(
             &self.cronjobs,
@@ -244,6 +340,8 @@ impl Workloads {
             Kind::CronJob,
             &mut out,
             |c| c.spec.job_template.spec.as_ref().map(|s| &s.template),
+            // A CronJob has no rollout: its next Job runs the template.
+            |_| Rollout::Complete,
         );
         out.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
         out
@@ -257,6 +355,7 @@ fn collect<K>(
     kind: Kind,
     out: &mut Vec<Workload>,
     template: impl Fn(&K) -> Option<&PodTemplateSpec>,
+    rollout: impl Fn(&K) -> Rollout,
 ) where
     K: Resource<DynamicType = ()> + Clone,
 {
@@ -282,6 +381,7 @@ fn collect<K>(
             name: obj.name_any(),
             opted_in,
             template: t.clone(),
+            rollout: rollout(&obj),
         });
     }
 }

@@ -125,6 +125,7 @@ spec:
         new_tag: "1.1.0".into(),
         actual_tag: "1.0.0".into(),
         available_tags: vec!["1.0.0".into(), "1.1.0".into()],
+        failure: None,
     };
     let text = template::render(template::DEFAULT_BODY, &ctx).expect("default body renders");
     let subject =

@@ -329,7 +329,7 @@ pub fn slack_body(text: &str, channel: Option<&str>) -> serde_json::Value {
 
 /// Generic webhook payload: the alert's fields and the rendered text (pure).
 pub fn webhook_body(ctx: &AlertContext, rule: &str, text: &str) -> serde_json::Value {
-    json!({
+    let mut body = json!({
         "namespace": ctx.namespace,
         "name": ctx.name,
         "image": ctx.image_name,
@@ -339,7 +339,12 @@ pub fn webhook_body(ctx: &AlertContext, rule: &str, text: &str) -> serde_json::V
         "newTag": ctx.new_tag,
         "availableTags": ctx.available_tags,
         "text": text,
-    })
+    });
+    // A failed rollout says so to machines too; a new tag's body is kimup (Go)'s.
+    if let (Some(failure), Some(map)) = (&ctx.failure, body.as_object_mut()) {
+        map.insert("rolloutFailed".into(), json!(failure));
+    }
+    body
 }
 
 /// Longest URL an alert may use, in bytes: the CRD's limit on an inline value, here for URLs
@@ -424,8 +429,8 @@ async fn prepare_alert(
             namespace: namespace.to_string(),
         })?;
     let spec = &config.spec;
-    let render = |tpl: Option<&String>, default: &str| -> Result<String, AlertError> {
-        template::render(tpl.map(String::as_str).unwrap_or(default), ctx).map_err(|e| {
+    let render = |tpl: Option<&String>| -> Result<String, AlertError> {
+        template::render_part(template::Part::Body, tpl.map(String::as_str), ctx).map_err(|e| {
             AlertError::Template {
                 name: name.clone(),
                 source: e,
@@ -484,7 +489,7 @@ async fn prepare_alert(
             let target = discord_url(&url);
             secrets.add_url(&url);
             secrets.add_url(&target);
-            let text = render(d.template_body.as_ref(), template::DEFAULT_BODY)?;
+            let text = render(d.template_body.as_ref())?;
             Ok(Alert::Http(HttpAlert {
                 url: target,
                 body: discord_body(&text, &d.mentions),
@@ -502,7 +507,7 @@ async fn prepare_alert(
                     .map_err(value_err)?,
             )?;
             secrets.add_url(&url);
-            let text = render(s.template_body.as_ref(), template::DEFAULT_BODY)?;
+            let text = render(s.template_body.as_ref())?;
             Ok(Alert::Http(HttpAlert {
                 url,
                 body: slack_body(&text, s.channel.as_deref()),
@@ -532,7 +537,7 @@ async fn prepare_alert(
                     headers.push((h.name.clone(), v));
                 }
             }
-            let text = render(w.template_body.as_ref(), template::DEFAULT_BODY)?;
+            let text = render(w.template_body.as_ref())?;
             Ok(Alert::Http(HttpAlert {
                 url,
                 body: webhook_body(ctx, rule, &text),
@@ -616,24 +621,17 @@ async fn email(
     if e.to_address.is_empty() {
         return Err(invalid("email.toAddress is empty".into()));
     }
-    let subject = template::render(
-        e.template_subject
-            .as_deref()
-            .unwrap_or(template::DEFAULT_SUBJECT),
-        ctx,
-    )
-    .map_err(|err| AlertError::Template {
-        name: name.to_string(),
-        source: err,
-    })?;
-    let body = template::render(
-        e.template_body.as_deref().unwrap_or(template::DEFAULT_BODY),
-        ctx,
-    )
-    .map_err(|err| AlertError::Template {
-        name: name.to_string(),
-        source: err,
-    })?;
+    let subject =
+        template::render_part(template::Part::Subject, e.template_subject.as_deref(), ctx)
+            .map_err(|err| AlertError::Template {
+                name: name.to_string(),
+                source: err,
+            })?;
+    let body = template::render_part(template::Part::Body, e.template_body.as_deref(), ctx)
+        .map_err(|err| AlertError::Template {
+            name: name.to_string(),
+            source: err,
+        })?;
     Ok(Alert::Email(EmailAlert {
         host,
         port,
@@ -1067,10 +1065,18 @@ mod tests {
             new_tag: "1.1".into(),
             actual_tag: "1.0".into(),
             available_tags: vec!["1.0".into(), "1.1".into()],
+            failure: None,
         };
         let body = webhook_body(&ctx, "minor", "text");
         assert_eq!(body["newTag"], "1.1");
         assert_eq!(body["availableTags"], json!(["1.0", "1.1"]));
         assert_eq!(body["rule"], "minor");
+        assert!(body.get("rolloutFailed").is_none(), "kimup (Go)'s fields only");
+        let failed = AlertContext {
+            failure: Some("Deployment web: ProgressDeadlineExceeded".into()),
+            ..ctx
+        };
+        let body = webhook_body(&failed, "minor", "text");
+        assert_eq!(body["rolloutFailed"], "Deployment web: ProgressDeadlineExceeded");
     }
 }

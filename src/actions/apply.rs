@@ -18,7 +18,7 @@ use crate::api::ANNOTATION_ENABLED;
 use crate::registry::reference::{self, ImageRef};
 use crate::rules::RuleType;
 use crate::version::{CalverTag, OrderedTag, SemverTag};
-use crate::workloads::{Kind, Workload, Workloads};
+use crate::workloads::{Kind, Rollout, Workload, Workloads};
 
 /// Field manager of every write kimup makes.
 pub const FIELD_MANAGER: &str = "kimup";
@@ -73,6 +73,9 @@ pub struct WorkloadOutcome {
     pub patched: bool,
     /// Why writing it failed (it is retried with backoff).
     pub error: Option<String>,
+    /// Its rollout of the template it had before this pass (a workload written in this pass has
+    /// only started rolling out).
+    pub rollout: Rollout,
 }
 
 impl WorkloadOutcome {
@@ -267,6 +270,7 @@ pub fn plan(workloads: &[Workload], desired: &Desired) -> Vec<WorkloadOutcome> {
                 containers,
                 patched: false,
                 error: None,
+                rollout: w.rollout.clone(),
             })
         })
         .collect()

@@ -68,6 +68,47 @@ pub struct AlertContext {
     pub actual_tag: String,
     /// Tags found in the registry (`.AvailableTags`).
     pub available_tags: Vec<String>,
+    /// Set when the alert reports the failed rollout of `new_tag` rather than a new tag: what
+    /// failed. Not a template variable; the alert then uses kimup's own text (see
+    /// [`render_part`]).
+    #[serde(skip)]
+    pub failure: Option<String>,
+}
+
+/// Subject of a failed-rollout alert.
+pub const FAILED_SUBJECT: &str = "[kimup] Rollout of {{ .NewTag }} failed for {{ .ImageName }}";
+
+/// Body of a failed-rollout alert (the failure's detail follows it, untemplated).
+pub const FAILED_BODY: &str = "Kimup alert for a failed rollout:
+{{ .Namespace }}/{{ .Name }}
+
+Image **{{ .ImageName }}:{{ .NewTag }}** failed to roll out. Clusters promoted after this one will not take it; a newer tag starts a new promotion.
+";
+
+/// Which part of an alert a template renders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// The e-mail subject.
+    Subject,
+    /// The message.
+    Body,
+}
+
+/// Renders a part of an alert: the AlertConfig's template (`custom`, else the default) for a new
+/// tag; kimup's own text for a failed rollout, which a new-tag template would misreport. The
+/// failure's detail (workload names and Kubernetes messages) is appended as text, never parsed
+/// as a template.
+pub fn render_part(
+    part: Part,
+    custom: Option<&str>,
+    ctx: &AlertContext,
+) -> Result<String, TemplateError> {
+    match (&ctx.failure, part) {
+        (Some(_), Part::Subject) => render(FAILED_SUBJECT, ctx),
+        (Some(detail), Part::Body) => Ok(format!("{}\n{detail}\n", render(FAILED_BODY, ctx)?)),
+        (None, Part::Subject) => render(custom.unwrap_or(DEFAULT_SUBJECT), ctx),
+        (None, Part::Body) => render(custom.unwrap_or(DEFAULT_BODY), ctx),
+    }
 }
 
 /// A template that cannot be parsed, with the 1-based position of the offending action.
@@ -693,7 +734,30 @@ mod tests {
             new_tag: "v1.2.0".to_string(),
             actual_tag: "v1.1.0".to_string(),
             available_tags: vec!["v1.1.0".to_string(), "v1.2.0".to_string()],
+            failure: None,
         }
+    }
+
+    #[test]
+    fn a_failed_rollout_is_told_in_kimups_words() {
+        let custom = Some("new {{ .NewTag }}!");
+        assert_eq!(render_part(Part::Body, custom, &ctx()).expect("body"), "new v1.2.0!");
+        let failed = AlertContext {
+            failure: Some("Deployment web: {{ .Name }} ProgressDeadlineExceeded".into()),
+            ..ctx()
+        };
+        assert_eq!(
+            render_part(Part::Subject, Some("new {{ .NewTag }}"), &failed).expect("subject"),
+            "[kimup] Rollout of v1.2.0 failed for ghcr.io/acme/web"
+        );
+        let body = render_part(Part::Body, custom, &failed).expect("body");
+        assert!(body.contains("prod/web"), "{body}");
+        assert!(body.contains("**ghcr.io/acme/web:v1.2.0** failed to roll out"), "{body}");
+        // The detail is text, not a template.
+        assert!(
+            body.ends_with("Deployment web: {{ .Name }} ProgressDeadlineExceeded\n"),
+            "{body}"
+        );
     }
 
     fn ok(template: &str) -> String {

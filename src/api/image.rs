@@ -55,7 +55,30 @@ pub struct ImageSpec {
     #[x_kube(validation = Rule::new("self.size() >= 1").message("at least one rule is required"))]
     #[schemars(length(max = limits::RULES))]
     pub rules: Vec<ImageRule>,
+    /// Fleet promotion: a new tag is taken here only once it ran healthy, for `soak`, in every
+    /// member cluster that `after` names. Without it the Image updates on its own, as ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<Promotion>,
 }
+
+/// Where a tag must run healthy, and for how long, before this cluster takes it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+pub struct Promotion {
+    /// Member cluster names (as kimup names them from the kubeconfig set) or globs (`*`, `?`),
+    /// e.g. `staging-*`. The same Image (namespace and name) is looked up in each.
+    #[x_kube(validation = Rule::new("self.size() >= 1").message("promotion.after must name at least one member cluster"))]
+    #[schemars(length(max = limits::PROMOTION_AFTER))]
+    pub after: Vec<ClusterPattern>,
+    /// How long the tag must have run healthy there: e.g. `30s`, `15m`, `1h`.
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+(ms|s|m|h)?$')").message("soak must be a duration such as 30s, 15m or 1h"))]
+    #[schemars(length(max = limits::TIMEOUT))]
+    pub soak: String,
+}
+
+/// A member cluster name or glob.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct ClusterPattern(#[schemars(length(min = 1, max = limits::OBJECT_NAME))] pub String);
 
 fn default_base_tag() -> String {
     "latest".to_string()
@@ -252,11 +275,52 @@ pub struct ImageStatus {
     /// The opted-in workloads running the Image's repository, and those not at `tag`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workloads: Option<WorkloadsStatus>,
+    /// How the rollout of `tag` fares here: what later clusters of a promotion read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
     /// Standard conditions: `Ready` (result is Success), `Synced` (the last registry sync ran
     /// every rule and action without failure), `WorkloadsUpToDate` (every opted-in workload of
     /// the repository runs `tag`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// The rollout of the Image's tag in its cluster, kept in the status (not in kimup's memory) so
+/// that a restart neither resets nor skips a soak.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// The tag judged (`status.tag` when judged).
+    pub tag: String,
+    /// When `status.tag` became this tag (RFC 3339): the rollout's start.
+    pub since: String,
+    /// Since when every opted-in workload has been rolled out and available at `tag`, without a
+    /// break (RFC 3339); unset while not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_since: Option<String>,
+    /// Why it is not healthy (a workload still rolling out, a failed rollout).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// Healthy periods of the tags before, newest first (at most 5): a later cluster may take a
+    /// tag that soaked here even after this cluster moved on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<HealthyPeriod>,
+    /// Tags whose rollout failed here, oldest first (at most 20): no cluster promoted after this
+    /// one takes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_tags: Vec<String>,
+}
+
+/// A tag's healthy period in a cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthyPeriod {
+    /// The tag.
+    pub tag: String,
+    /// Healthy from (RFC 3339).
+    pub since: String,
+    /// Until (RFC 3339): when the cluster moved to another tag or the workloads stopped being healthy.
+    pub until: String,
 }
 
 /// An alert delivered for a tag.
@@ -287,6 +351,9 @@ pub struct PendingAlert {
     pub actual_tag: String,
     /// Failed deliveries so far.
     pub attempts: u32,
+    /// Set for the alert of a failed rollout of `new_tag`: what failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 /// The workloads apply converges, as of the last reconcile.

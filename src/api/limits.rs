@@ -51,3 +51,5 @@ pub const RECIPIENTS: usize = 100;
 pub const EMAIL_NAME: usize = 256;
 /// `email.clientHost`: a DNS name.
 pub const HOST_NAME: usize = 253;
+/// Entries of `promotion.after`.
+pub const PROMOTION_AFTER: usize = 16;

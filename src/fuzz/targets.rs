@@ -643,6 +643,7 @@ impl Target for Template {
                 .take(TEMPLATE_MAX_TAGS)
                 .collect(),
             new_tag,
+            failure: None,
         };
         TemplateInput { template, ctx }
     }
