@@ -565,7 +565,10 @@ mod tests {
             Verdict::UpToDate,
             false,
         );
-        assert_eq!(judge(true, Some(std::slice::from_ref(&ok)), t0, soon), Judged::Healthy);
+        assert_eq!(
+            judge(true, Some(std::slice::from_ref(&ok)), t0, soon),
+            Judged::Healthy
+        );
         assert_eq!(judge(false, None, t0, soon), Judged::Healthy);
         assert!(matches!(
             judge(true, None, t0, soon),

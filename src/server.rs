@@ -379,13 +379,15 @@ async fn fleet(State(state): State<ServerState>) -> axum::Json<crate::fleet::Vie
         .into_iter()
         .map(|(name, store)| (name, store.map(|s| s.state())))
         .collect();
-    axum::Json(crate::fleet::view(snapshots.iter().map(|(name, images)| {
-        let images = images
-            .as_ref()
-            .map(|v| v.iter().map(|i| i.as_ref()).collect())
-            .ok_or_else(|| format!("{name} is not watched now (down or starting)"));
-        (name.clone(), images)
-    })))
+    axum::Json(crate::fleet::view(snapshots.iter().map(
+        |(name, images)| {
+            let images = images
+                .as_ref()
+                .map(|v| v.iter().map(|i| i.as_ref()).collect())
+                .ok_or_else(|| format!("{name} is not watched now (down or starting)"));
+            (name.clone(), images)
+        },
+    )))
 }
 
 fn text(code: StatusCode, body: impl Into<String>) -> Response {

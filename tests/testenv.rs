@@ -7,7 +7,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kimup_testenv::httpfault::{FaultPlan, HttpFault, HttpFaultProxy};
 use kimup_testenv::process::wait_until;
 use kimup_testenv::toxiproxy::Toxic;
-use kimup_testenv::{TestEnv, shared};
+use kimup_testenv::{TestEnv, rollout, shared};
 use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::discovery::ApiResource;
 use oci_client::Reference;
@@ -468,7 +468,9 @@ async fn deployments_roll_out_and_a_never_ready_image_exceeds_its_deadline() {
             "progressDeadlineSeconds": 5,
             "selector": {"matchLabels": {"app": "web"}},
             "template": {
-                "metadata": {"labels": {"app": "web"}},
+                // Refuses 9.9.9 only: every tag this test rolls out becomes Ready (or not) by
+                // the image alone.
+                "metadata": {"labels": {"app": "web"}, "annotations": {rollout::NEVER_READY_ANNOTATION: ":9\\.9\\.9$"}},
                 "spec": {"containers": [{"name": "web", "image": "example.test/web:1.0.0"}]}
             }
         }
@@ -576,5 +578,75 @@ async fn deployments_roll_out_and_a_never_ready_image_exceeds_its_deadline() {
     assert!(
         available >= 1,
         "no Pod available during the stalled rollout"
+    );
+    // The annotation refuses the tag it names: back at 1.1.0, then 9.9.9, an ordinary tag,
+    // stalls this Deployment until its deadline, and none of its Pods is ever Ready.
+    api.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Strategic(patch("example.test/web:1.1.0")),
+    )
+    .await
+    .expect("patch");
+    wait_until(
+        "web back at 1.1.0",
+        Duration::from_secs(90),
+        rolled_out("example.test/web:1.1.0"),
+    )
+    .await
+    .expect("rolled back");
+    api.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Strategic(patch("example.test/web:9.9.9")),
+    )
+    .await
+    .expect("patch");
+    wait_until(
+        "web 9.9.9 reported ProgressDeadlineExceeded",
+        Duration::from_secs(90),
+        || {
+            let api = api.clone();
+            async move {
+                let d = api.get("web").await?;
+                let st = d.status.unwrap_or_default();
+                Ok(st.observed_generation == d.metadata.generation
+                    && st.conditions.unwrap_or_default().iter().any(|c| {
+                        c.type_ == "Progressing"
+                            && c.status == "False"
+                            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+                    }))
+            }
+        },
+    )
+    .await
+    .expect("9.9.9 stalled");
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(env.clusters[0].client().await.expect("client"), &ns);
+    let list = pods.list(&Default::default()).await.expect("pods");
+    let of_999: Vec<_> = list
+        .items
+        .iter()
+        .filter(|p| {
+            p.spec
+                .as_ref()
+                .is_some_and(|s| s.containers[0].image.as_deref() == Some("example.test/web:9.9.9"))
+        })
+        .collect();
+    assert!(!of_999.is_empty(), "no 9.9.9 Pod was created");
+    let ready_999 = of_999
+        .iter()
+        .filter(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.clone())
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+        .count();
+    assert_eq!(
+        ready_999, 0,
+        "a 9.9.9 Pod became Ready despite the annotation"
     );
 }

@@ -1071,12 +1071,18 @@ mod tests {
         assert_eq!(body["newTag"], "1.1");
         assert_eq!(body["availableTags"], json!(["1.0", "1.1"]));
         assert_eq!(body["rule"], "minor");
-        assert!(body.get("rolloutFailed").is_none(), "kimup (Go)'s fields only");
+        assert!(
+            body.get("rolloutFailed").is_none(),
+            "kimup (Go)'s fields only"
+        );
         let failed = AlertContext {
             failure: Some("Deployment web: ProgressDeadlineExceeded".into()),
             ..ctx
         };
         let body = webhook_body(&failed, "minor", "text");
-        assert_eq!(body["rolloutFailed"], "Deployment web: ProgressDeadlineExceeded");
+        assert_eq!(
+            body["rolloutFailed"],
+            "Deployment web: ProgressDeadlineExceeded"
+        );
     }
 }

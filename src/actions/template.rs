@@ -741,7 +741,10 @@ mod tests {
     #[test]
     fn a_failed_rollout_is_told_in_kimups_words() {
         let custom = Some("new {{ .NewTag }}!");
-        assert_eq!(render_part(Part::Body, custom, &ctx()).expect("body"), "new v1.2.0!");
+        assert_eq!(
+            render_part(Part::Body, custom, &ctx()).expect("body"),
+            "new v1.2.0!"
+        );
         let failed = AlertContext {
             failure: Some("Deployment web: {{ .Name }} ProgressDeadlineExceeded".into()),
             ..ctx()
@@ -752,7 +755,10 @@ mod tests {
         );
         let body = render_part(Part::Body, custom, &failed).expect("body");
         assert!(body.contains("prod/web"), "{body}");
-        assert!(body.contains("**ghcr.io/acme/web:v1.2.0** failed to roll out"), "{body}");
+        assert!(
+            body.contains("**ghcr.io/acme/web:v1.2.0** failed to roll out"),
+            "{body}"
+        );
         // The detail is text, not a template.
         assert!(
             body.ends_with("Deployment web: {{ .Name }} ProgressDeadlineExceeded\n"),

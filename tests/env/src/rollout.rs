@@ -20,6 +20,9 @@ use crate::process::{Process, free_port, wait_until};
 
 /// A Pod with an image containing this never becomes Ready.
 pub const NEVER_READY: &str = "never-ready";
+/// A Pod annotated with this (a regular expression) never becomes Ready when its image matches
+/// it: one cluster's Deployment can refuse a tag that the same Deployment elsewhere runs.
+pub const NEVER_READY_ANNOTATION: &str = "kimup-testenv/never-ready";
 
 /// Name of the simulated node in every cluster.
 pub const NODE: &str = "kwok-node-0";
@@ -141,7 +144,8 @@ impl Rollout {
 }
 
 /// kwok's `fast` node and pod stages from its module (copied into the binary cache by
-/// scripts/testenv-binaries.sh), the pod-ready stage refusing [`NEVER_READY`] images.
+/// scripts/testenv-binaries.sh), the pod-ready stage refusing [`NEVER_READY`] images and images
+/// matching a Pod's [`NEVER_READY_ANNOTATION`].
 fn stages_yaml(dir: &Path) -> Result<String> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("kwok stages in {}", dir.display()))?
@@ -159,7 +163,7 @@ fn stages_yaml(dir: &Path) -> Result<String> {
             text = text.replacen(
                 anchor,
                 &format!(
-                    "{anchor}    - key: '.spec.containers.[].image | test(\"{NEVER_READY}\")'\n      operator: 'NotIn'\n      values:\n      - 'true'\n"
+                    "{anchor}    - key: '.spec.containers.[].image | test(\"{NEVER_READY}\")'\n      operator: 'NotIn'\n      values:\n      - 'true'\n    - key: '(.metadata.annotations[\"{NEVER_READY_ANNOTATION}\"] // \"\") as $p | $p != \"\" and ([.spec.containers.[].image | test($p)] | any)'\n      operator: 'NotIn'\n      values:\n      - 'true'\n"
                 ),
                 1,
             );
