@@ -354,10 +354,12 @@ pub fn gate(
                 let age = (now - since).to_std().unwrap_or(Duration::ZERO);
                 if age >= soak {
                     soaked.insert(r.tag.clone());
+                    // No running age: a soaked gate's message stays the same, so the status is
+                    // not rewritten at every sync.
                     clauses.push(format!(
-                        "{c}: {} healthy {} (soak {})",
+                        "{c}: {} healthy since {} (soak {})",
                         r.tag,
-                        human_for(age, soak),
+                        stamp(since),
                         human(soak)
                     ));
                 } else {
@@ -739,7 +741,7 @@ mod tests {
         assert_eq!(g.reason, "Waiting");
         assert_eq!(
             g.message,
-            "staging-a: 1.4.0 healthy 1h10m (soak 1h); waiting for staging-b: 1.4.0 healthy 12m of 1h"
+            "staging-a: 1.4.0 healthy since 2025-12-31T23:50:00Z (soak 1h); waiting for staging-b: 1.4.0 healthy 12m of 1h"
         );
         assert_eq!(g.due, Some(at("2026-01-01T01:48:00Z")));
         let later = gate(
