@@ -16,7 +16,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kimup::api::ImageStatus;
 use kimup::fleet::View;
 use kimup_testenv::process::free_port;
-use kimup_testenv::{HttpSink, TestEnv, rollout, shared};
+use kimup_testenv::{Collector, HttpSink, TestEnv, rollout, shared};
 use kube::Client;
 use kube::api::{Api, PostParams};
 
@@ -50,6 +50,18 @@ fn members(env: &TestEnv, test: &str) -> PathBuf {
 }
 
 fn start(env: &TestEnv, dir: &PathBuf, ns: &str, name: &str, port: u16) -> Kimup {
+    start_traced(env, dir, ns, name, port, None)
+}
+
+/// As `start`, exporting traces to `otlp` when set.
+fn start_traced(
+    env: &TestEnv,
+    dir: &PathBuf,
+    ns: &str,
+    name: &str,
+    port: u16,
+    otlp: Option<&str>,
+) -> Kimup {
     let args: Vec<String> = vec![
         "--log-format=json".into(),
         "--log-level=info,kimup=debug".into(),
@@ -60,7 +72,11 @@ fn start(env: &TestEnv, dir: &PathBuf, ns: &str, name: &str, port: u16) -> Kimup
         "--tag-cache-ttl=0s".into(),
         format!("--listen-addr=127.0.0.1:{port}"),
     ];
-    spawn_kimup(env, name, &args)
+    let vars: Vec<(String, String)> = otlp
+        .map(|e| ("OTEL_EXPORTER_OTLP_ENDPOINT".to_string(), e.to_string()))
+        .into_iter()
+        .collect();
+    spawn_kimup_with_env(env, name, &args, &vars)
 }
 
 /// A one-replica opted-in Deployment `web` running `image`, giving up after 6 s without
@@ -210,6 +226,15 @@ impl Timeline {
     }
 }
 
+/// The string value of attribute `key` of an OTLP JSON span.
+fn attr<'a>(span: &'a serde_json::Value, key: &str) -> Option<&'a str> {
+    span["attributes"]
+        .as_array()?
+        .iter()
+        .find(|a| a["key"] == key)?["value"]["stringValue"]
+        .as_str()
+}
+
 fn promotion_condition(s: &ImageStatus) -> Option<(String, String, String)> {
     s.conditions
         .iter()
@@ -309,7 +334,17 @@ async fn a_tag_reaches_dev_then_staging_then_prod_and_a_failed_rollout_halts_pro
     .await;
     let dir = members(env, "staged");
     let port = free_port().expect("port");
-    let kimup = start(env, &dir, &ns, "kimup-promotion", port);
+    let collector = Collector::start(&env.run_dir, &env.log_dir())
+        .await
+        .expect("collector");
+    let kimup = start_traced(
+        env,
+        &dir,
+        &ns,
+        "kimup-promotion",
+        port,
+        Some(&collector.endpoint),
+    );
     let mut t = Timeline::new(env, &ns).await;
     t.until(
         "every member healthy at 1.3.0",
@@ -373,6 +408,48 @@ async fn a_tag_reaches_dev_then_staging_then_prod_and_a_failed_rollout_halts_pro
         (status.as_str(), reason.as_str()),
         ("True", "Promoted"),
         "{message}"
+    );
+
+    // Every promotion decision is a span linked to the reconciles, in the clusters it waited on,
+    // that recorded the rollouts it read.
+    let spans = collector
+        .wait_for_spans(
+            |spans| {
+                spans.iter().any(|s| {
+                    s["name"] == "promotion.gate"
+                        && attr(s, "after") == Some("staging-a")
+                        && attr(s, "eligible").is_some_and(|e| e.contains("1.4.0"))
+                        && s["links"].as_array().is_some_and(|l| !l.is_empty())
+                })
+            },
+            Duration::from_secs(30),
+        )
+        .await;
+    let gates: Vec<&serde_json::Value> = spans
+        .iter()
+        .filter(|s| s["name"] == "promotion.gate" && attr(s, "after") == Some("staging-a"))
+        .collect();
+    let linked: Vec<&serde_json::Value> = gates
+        .iter()
+        .flat_map(|g| g["links"].as_array().into_iter().flatten())
+        .collect();
+    assert!(
+        !linked.is_empty(),
+        "no promotion.gate span of prod links anywhere ({} gate spans)",
+        gates.len()
+    );
+    for link in &linked {
+        let target = spans
+            .iter()
+            .find(|s| s["spanId"] == link["spanId"] && s["traceId"] == link["traceId"]);
+        let target = target.unwrap_or_else(|| panic!("link {link} leads to no exported span"));
+        assert_eq!(target["name"], "reconcile", "{target}");
+        assert_eq!(attr(target, "cluster"), Some("staging-a"), "{target}");
+    }
+    println!(
+        "{} promotion.gate spans of prod, {} links, each to a reconcile of staging-a",
+        gates.len(),
+        linked.len()
     );
 
     // The fleet view: `kimup fleet` from the kubeconfigs, and /fleet from the running kimup.
