@@ -1,8 +1,9 @@
-//! Local demo: starts two clusters, the registries and Jaeger on loopback, writes the first
+//! Local demo: starts three clusters, the registries and Jaeger on loopback, writes the first
 //! cluster's kubeconfig to `kubeconfigs/local/` and adds the others with `kimup cluster add`
 //! (administrators' kubeconfigs in `kubeconfigs/local/admin/`), creates a demo app in each
-//! cluster and runs kimup against them with its traces in Jaeger, printing what kimup does as new
-//! tags are pushed. Stops on Ctrl-C, or after `--seconds N`.
+//! cluster, promoted from one cluster to the next after a soak of seconds, and runs kimup
+//! against them with its traces in Jaeger, printing what kimup does as new tags are pushed.
+//! Stops on Ctrl-C, or after `--seconds N`.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -25,12 +26,15 @@ struct Args {
     jaeger_port: u16,
 }
 
+/// How long a tag must run healthy in a cluster before the next one takes it.
+const SOAK: &str = "10s";
+
 /// The demo's webhook token (loopback only).
 const WEBHOOK_TOKEN: &str = "localenv-webhook-token";
 
 fn args() -> Result<Args> {
     let mut out = Args {
-        clusters: 2,
+        clusters: 3,
         seconds: None,
         kimup: target_dir().join("debug/kimup"),
         otlp_port: jaeger::OTLP_PORT,
@@ -151,7 +155,7 @@ async fn main() -> Result<()> {
         ),
     }
 
-    for c in &env.clusters {
+    for (i, c) in env.clusters.iter().enumerate() {
         let client = c.client().await?;
         let ns: Namespace = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "demo", "annotations": {"kimup.cloudavenue.io/enabled": "true"}}
@@ -179,13 +183,25 @@ async fn main() -> Result<()> {
             "triggers": [{"type": "crontab", "value": "*/5 * * * * *"}, {"type": "webhook"}],
             "rules": [{"name": "minor-updates", "type": "semver-minor", "actions": [{"type": "apply"}]}]
         }});
+        // Each cluster after the first takes a tag once it ran healthy in the one before.
+        if i > 0 {
+            img.data["spec"]["promotion"] =
+                serde_json::json!({"after": [env.clusters[i - 1].name], "soak": SOAK});
+        }
         Api::<DynamicObject>::namespaced_with(client, "demo", &ar)
             .create(&PostParams::default(), &img)
             .await?;
     }
     println!(
-        "  created namespace demo, Deployment web ({image}:1.0.0) and Image web (semver-minor, every 5 s and on webhook pushes) in each cluster\n"
+        "  created namespace demo, Deployment web ({image}:1.0.0) and Image web (semver-minor, every 5 s and on webhook pushes) in each cluster"
     );
+    for pair in env.clusters.windows(2) {
+        println!(
+            "  {} takes a tag once it ran healthy for {SOAK} in {} (spec.promotion)",
+            pair[1].name, pair[0].name
+        );
+    }
+    println!();
 
     // One kimup for every cluster: it serves each kubeconfig of the folder as a member cluster.
     // A short tag cache TTL so the demo's push shows within seconds (production default: 60 s).
@@ -224,6 +240,7 @@ async fn main() -> Result<()> {
     let started = Instant::now();
     let mut pushed = false;
     let mut push_trace_shown = false;
+    let mut last_fleet = String::new();
     loop {
         for c in &env.clusters {
             // A frozen or restarting API server is part of what the demo shows: report it and
@@ -234,6 +251,23 @@ async fn main() -> Result<()> {
                 Err(_) => "no answer within 2 s".to_string(),
             };
             println!("[{:>3}s] {}: {line}", started.elapsed().as_secs(), c.name);
+        }
+        if env.clusters.len() > 1 {
+            // The Image × cluster matrix, as an operator would ask for it: shown when it changed.
+            let out = std::process::Command::new(&args.kimup)
+                .args(["fleet", "-n", "demo", "--kubeconfig-dir"])
+                .arg(&kc_dir)
+                .output();
+            if let Ok(out) = out {
+                let table = String::from_utf8_lossy(&out.stdout).to_string();
+                if table != last_fleet {
+                    println!("      $ kimup fleet -n demo --kubeconfig-dir {}", kc_dir.display());
+                    for l in table.lines() {
+                        println!("        {l}");
+                    }
+                    last_fleet = table;
+                }
+            }
         }
         if pushed && !push_trace_shown {
             // The push's span, once Jaeger has it (kimup exports every 5 s).
@@ -348,6 +382,17 @@ async fn cluster_line(c: &kimup_testenv::Cluster) -> Result<String> {
         workloads["upToDate"].as_u64().unwrap_or(0),
         workloads["total"].as_u64().unwrap_or(0),
     );
+    let promotion = status["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Promotion");
+    if let Some(p) = promotion {
+        line.push_str(&format!(
+            " promotion={}",
+            p["message"].as_str().unwrap_or_default()
+        ));
+    }
     let deployments = Api::<Deployment>::namespaced(client, "demo")
         .list(&Default::default())
         .await?;
