@@ -261,7 +261,10 @@ async fn main() -> Result<()> {
             if let Ok(out) = out {
                 let table = String::from_utf8_lossy(&out.stdout).to_string();
                 if table != last_fleet {
-                    println!("      $ kimup fleet -n demo --kubeconfig-dir {}", kc_dir.display());
+                    println!(
+                        "      $ kimup fleet -n demo --kubeconfig-dir {}",
+                        kc_dir.display()
+                    );
                     for l in table.lines() {
                         println!("        {l}");
                     }
