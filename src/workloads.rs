@@ -390,3 +390,109 @@ fn collect<K>(
 pub fn namespace_of<K: Resource>(obj: &K) -> Option<String> {
     obj.meta().namespace.clone()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(status: serde_json::Value) -> Deployment {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "generation": 3},
+            "spec": {"replicas": 2, "selector": {}, "template": {}},
+            "status": status,
+        }))
+        .expect("deployment")
+    }
+
+    #[test]
+    fn a_deployment_is_rolled_out_when_every_replica_is_updated_and_available() {
+        let done = deployment(serde_json::json!({
+            "observedGeneration": 3, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2
+        }));
+        assert_eq!(deployment_rollout(&done), Rollout::Complete);
+        // An old replica still running.
+        let surge = deployment(serde_json::json!({
+            "observedGeneration": 3, "replicas": 3, "updatedReplicas": 2, "availableReplicas": 2
+        }));
+        assert!(matches!(
+            deployment_rollout(&surge),
+            Rollout::Progressing(_)
+        ));
+        let unavailable = deployment(serde_json::json!({
+            "observedGeneration": 3, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 1
+        }));
+        assert_eq!(
+            deployment_rollout(&unavailable),
+            Rollout::Progressing("2 of 2 replicas updated, 1 available".into())
+        );
+        let failed = deployment(serde_json::json!({
+            "observedGeneration": 3, "replicas": 2, "updatedReplicas": 1, "availableReplicas": 1,
+            "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                            "message": "ReplicaSet \"web-1\" has timed out progressing."}]
+        }));
+        assert_eq!(
+            deployment_rollout(&failed),
+            Rollout::Failed(
+                "ProgressDeadlineExceeded: ReplicaSet \"web-1\" has timed out progressing.".into()
+            )
+        );
+        // Right after a change the condition is still the previous rollout's: not failed yet.
+        let stale = deployment(serde_json::json!({
+            "observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2,
+            "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}]
+        }));
+        assert!(matches!(
+            deployment_rollout(&stale),
+            Rollout::Progressing(_)
+        ));
+        assert!(matches!(
+            deployment_rollout(&deployment(serde_json::Value::Null)),
+            Rollout::Progressing(_)
+        ));
+    }
+
+    #[test]
+    fn statefulsets_and_daemonsets_roll_out_by_their_own_counters() {
+        let sts = |status: serde_json::Value| -> StatefulSet {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "db", "generation": 2},
+                "spec": {"replicas": 3, "selector": {}, "serviceName": "db", "template": {}},
+                "status": status,
+            }))
+            .expect("statefulset")
+        };
+        let done = sts(
+            serde_json::json!({"observedGeneration": 2, "replicas": 3, "readyReplicas": 3,
+            "updatedReplicas": 3, "currentRevision": "db-2", "updateRevision": "db-2"}),
+        );
+        assert_eq!(statefulset_rollout(&done), Rollout::Complete);
+        let midway = sts(
+            serde_json::json!({"observedGeneration": 2, "replicas": 3, "readyReplicas": 3,
+            "updatedReplicas": 1, "currentRevision": "db-1", "updateRevision": "db-2"}),
+        );
+        assert_eq!(
+            statefulset_rollout(&midway),
+            Rollout::Progressing("1 of 3 replicas updated, 3 ready".into())
+        );
+        let ds = |status: serde_json::Value| -> DaemonSet {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "agent", "generation": 5},
+                "spec": {"selector": {}, "template": {}},
+                "status": status,
+            }))
+            .expect("daemonset")
+        };
+        let done = ds(
+            serde_json::json!({"observedGeneration": 5, "desiredNumberScheduled": 4,
+            "updatedNumberScheduled": 4, "numberAvailable": 4, "currentNumberScheduled": 4,
+            "numberMisscheduled": 0, "numberReady": 4}),
+        );
+        assert_eq!(daemonset_rollout(&done), Rollout::Complete);
+        let old = ds(
+            serde_json::json!({"observedGeneration": 4, "desiredNumberScheduled": 4,
+            "updatedNumberScheduled": 4, "numberAvailable": 4, "currentNumberScheduled": 4,
+            "numberMisscheduled": 0, "numberReady": 4}),
+        );
+        assert!(matches!(daemonset_rollout(&old), Rollout::Progressing(_)));
+    }
+}

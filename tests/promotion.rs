@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -49,14 +49,14 @@ fn members(env: &TestEnv, test: &str) -> PathBuf {
     dir
 }
 
-fn start(env: &TestEnv, dir: &PathBuf, ns: &str, name: &str, port: u16) -> Kimup {
+fn start(env: &TestEnv, dir: &Path, ns: &str, name: &str, port: u16) -> Kimup {
     start_traced(env, dir, ns, name, port, None)
 }
 
 /// As `start`, exporting traces to `otlp` when set.
 fn start_traced(
     env: &TestEnv,
-    dir: &PathBuf,
+    dir: &Path,
     ns: &str,
     name: &str,
     port: u16,
