@@ -60,4 +60,5 @@ parsers! {
     kubeconfig => "kubeconfig",
     www_authenticate => "www-authenticate",
     link => "link",
+    promotion => "promotion",
 }

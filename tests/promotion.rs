@@ -685,3 +685,58 @@ async fn a_restart_mid_soak_neither_resets_nor_skips_it() {
         secs(restarted, staging_in)
     );
 }
+
+#[tokio::test]
+async fn an_after_that_matches_no_member_is_an_error_not_a_pass() {
+    let env = env();
+    let ns = env
+        .namespace_everywhere("nomember")
+        .await
+        .expect("namespaces");
+    let reg = env.plain_registry();
+    reg.push_tags("promo/nomember", &["1.3.0", "1.4.0"])
+        .await
+        .expect("push");
+    let repo = format!("{}/promo/nomember", reg.host);
+    let prod = env.clusters[2].client().await.expect("client");
+    create_deployment(&prod, &ns, &web(&format!("{repo}:1.3.0"), None)).await;
+    create_image(
+        &prod,
+        &ns,
+        &image_yaml(&repo, Some("{after: [\"stagin-*\"], soak: 1s}"), false),
+    )
+    .await;
+    let dir = members(env, "nomember");
+    let kimup = start(env, &dir, &ns, "kimup-nomember", free_port().expect("port"));
+    let status = wait_status(&prod, &ns, "web", Duration::from_secs(60), &kimup, |s| {
+        s.result.is_some()
+    })
+    .await;
+    assert_eq!(
+        status.result,
+        Some(kimup::api::SyncResult::Error),
+        "{status:#?}"
+    );
+    let message = status.message.clone().unwrap_or_default();
+    assert!(
+        message.contains(
+            "promotion.after [\"stagin-*\"] matches no member cluster other than prod (members: dev, prod, staging-a)"
+        ),
+        "{message}"
+    );
+    let (cond, reason, _) = promotion_condition(&status).expect("Promotion condition");
+    assert_eq!(
+        (cond.as_str(), reason.as_str()),
+        ("False", "InvalidPromotion")
+    );
+    assert_eq!(
+        status.tag, None,
+        "no tag chosen while the promotion cannot be followed"
+    );
+    wait_event(&prod, &ns, "web", "InvalidPromotion").await;
+    // The Deployment keeps its tag: nothing passed the gate.
+    assert_eq!(
+        deployment_images(&prod, &ns, "web").await.0,
+        vec![format!("{repo}:1.3.0")]
+    );
+}

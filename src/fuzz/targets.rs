@@ -43,6 +43,7 @@ pub fn all() -> Vec<&'static dyn Fuzzer> {
         &KubeconfigFile,
         &WwwAuthenticate,
         &LinkHeader,
+        &PromotionAfter,
     ]
 }
 
@@ -1553,5 +1554,100 @@ impl Target for LinkHeader {
         }
         let link = client::next_link(&headers);
         black_box(client::next_page(link, Some("b".to_string()), 100, 100));
+    }
+}
+
+/// Pieces of member names and `promotion.after` patterns.
+const CLUSTER_DICT: &[&str] = &[
+    "*", "?", "**", "staging", "-", "prod", "dev", "eu", "a", "/", "ctx", ".", "é", "[", "\\",
+];
+
+/// Real names and patterns to mutate.
+const CLUSTER_SEEDS: &[&str] = &[
+    "staging-*",
+    "prod",
+    "dev",
+    "*",
+    "st?ging-*-eu",
+    "ring-1/ctx-*",
+    "*a*a*a*a*a*a*b",
+];
+
+/// A promotion's member matching and soak: `promotion::glob_match` against a plain recursive
+/// matcher (on short inputs), `gate_clusters` (never this cluster, only matches, sorted), the
+/// soak's parse and print.
+struct PromotionAfter;
+
+/// `*` any run, `?` one character, anything else itself: the definition `glob_match` follows,
+/// written the obvious (exponential) way.
+fn glob_reference(p: &[char], n: &[char]) -> bool {
+    match p.split_first() {
+        None => n.is_empty(),
+        Some(('*', rest)) => (0..=n.len()).any(|i| glob_reference(rest, &n[i..])),
+        Some((c, rest)) => n
+            .split_first()
+            .is_some_and(|(d, tail)| (*c == '?' || c == d) && glob_reference(rest, tail)),
+    }
+}
+
+impl Target for PromotionAfter {
+    type Input = (Vec<String>, Vec<String>, String);
+
+    fn name(&self) -> &'static str {
+        "promotion"
+    }
+
+    fn generate(&self, rng: &mut Rng) -> (Vec<String>, Vec<String>, String) {
+        let part = |rng: &mut Rng| match rng.below(6) {
+            0 => inputs::tokens(rng, CLUSTER_DICT, 40),
+            1 => "*a".repeat(rng.between(1, 300)),
+            _ => inputs::text(rng, CLUSTER_SEEDS, CLUSTER_DICT, |r| {
+                inputs::tokens(r, CLUSTER_DICT, 8)
+            }),
+        };
+        let after = (0..rng.between(1, 4)).map(|_| part(rng)).collect();
+        let members = (0..rng.between(0, 6)).map(|_| part(rng)).collect();
+        let soak = match rng.below(3) {
+            0 => format!(
+                "{}{}",
+                rng.below(100_000),
+                rng.pick(&["", "ms", "s", "m", "h", "d"])
+            ),
+            1 => format!("{}h", u64::MAX / rng.between(1, 5) as u64),
+            _ => inputs::tokens(rng, &["1", "0", "9", "h", "m", "s", " ", "-"], 12),
+        };
+        (after, members, soak)
+    }
+
+    fn exercise(&self, (after, members, soak): &(Vec<String>, Vec<String>, String)) {
+        for p in after {
+            for m in members {
+                let got = crate::promotion::glob_match(p, m);
+                let (pc, mc): (Vec<char>, Vec<char>) = (p.chars().collect(), m.chars().collect());
+                // The reference is exponential in stars: only on inputs it answers quickly.
+                if pc.iter().filter(|c| **c == '*').count() <= 6 && pc.len() + mc.len() <= 64 {
+                    assert_eq!(got, glob_reference(&pc, &mc), "{p:?} on {m:?}");
+                }
+                if !p.contains(['*', '?']) {
+                    assert_eq!(got, p == m, "a plain name matches only itself");
+                }
+            }
+        }
+        let own = members.first().cloned().unwrap_or_default();
+        let promotion = crate::api::image::Promotion {
+            after: after
+                .iter()
+                .map(|a| crate::api::image::ClusterPattern(a.clone()))
+                .collect(),
+            soak: soak.clone(),
+        };
+        if let Ok(gate) = crate::promotion::gate_clusters(&promotion, &own, members) {
+            assert!(!gate.is_empty() && !gate.contains(&own), "{gate:?}");
+            assert!(gate.windows(2).all(|w| w[0] < w[1]), "sorted, once each");
+            assert!(gate.iter().all(|g| members.contains(g)));
+        }
+        if let Ok(d) = crate::promotion::soak(&promotion) {
+            black_box(crate::promotion::human(d));
+        }
     }
 }
