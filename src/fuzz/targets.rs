@@ -1624,8 +1624,9 @@ impl Target for PromotionAfter {
             for m in members {
                 let got = crate::promotion::glob_match(p, m);
                 let (pc, mc): (Vec<char>, Vec<char>) = (p.chars().collect(), m.chars().collect());
-                // The reference is exponential in stars: only on inputs it answers quickly.
-                if pc.iter().filter(|c| **c == '*').count() <= 6 && pc.len() + mc.len() <= 64 {
+                // The reference is exponential in stars: only on inputs it answers in
+                // microseconds, so that a slow case is glob_match's own.
+                if pc.iter().filter(|c| **c == '*').count() <= 3 && pc.len() + mc.len() <= 40 {
                     assert_eq!(got, glob_reference(&pc, &mc), "{p:?} on {m:?}");
                 }
                 if !p.contains(['*', '?']) {
