@@ -469,6 +469,7 @@ pub async fn run(
         })
     };
     health.set_images(&ctx.cluster, Some(store.clone()));
+    crate::metrics::rollouts_failed_known(&ctx.cluster);
     // Deleted Images never reach `reconcile`: drop what the memory holds for them now and then.
     let (gc_store, ctx_for_gc) = (store.clone(), ctx.clone());
     let gc = tokio::spawn(async move {
@@ -793,6 +794,11 @@ async fn reconcile(image: Arc<Image>, ctx: Arc<ClusterContext>) -> Result<Action
     ctx.set_unwritten(&uid, None);
     // A new rollout state here may open (or halt) the gate of the same Image elsewhere: they
     // re-check, and their promotion decisions link to this reconcile.
+    if let Some(r) = &report.status.rollout
+        && promotion::newly_failed(stored.rollout.as_ref(), r)
+    {
+        crate::metrics::rollout_failed(&ctx.cluster);
+    }
     if report.status.rollout != stored.rollout && report.status.rollout.is_some() {
         if let Some(span) = crate::telemetry::span_context(&tracing::Span::current()) {
             fleet.record_span(&ctx.cluster, &key, span);

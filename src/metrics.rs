@@ -66,6 +66,7 @@ struct Metrics {
     shards_held: Gauge,
     member_clusters: Gauge,
     reconcile_errors: Family<ErrorLabels, Counter>,
+    rollouts_failed: Family<ClusterLabels, Counter>,
 }
 
 fn metrics() -> &'static Metrics {
@@ -158,8 +159,15 @@ fn metrics() -> &'static Metrics {
             "Failed reconciles (retried with per-Image backoff), by cluster and error",
             reconcile_errors.clone(),
         );
+        let rollouts_failed = Family::<ClusterLabels, Counter>::default();
+        registry.register(
+            "rollouts_failed",
+            "Rollouts of an Image's tag that failed (ProgressDeadlineExceeded, or a StatefulSet or DaemonSet past kimup's deadline): later clusters of a promotion never take the tag",
+            rollouts_failed.clone(),
+        );
         Metrics {
             reconcile_errors,
+            rollouts_failed,
             registry,
             webhooks,
             registry_requests,
@@ -333,6 +341,24 @@ pub fn reconcile_error(cluster: &str, error: &str) {
             error: error.to_string(),
         })
         .inc();
+}
+
+/// Counts a rollout that failed in `cluster`.
+pub fn rollout_failed(cluster: &str) {
+    metrics()
+        .rollouts_failed
+        .get_or_create(&ClusterLabels {
+            cluster: cluster.to_string(),
+        })
+        .inc();
+}
+
+/// Exports `cluster`'s failed-rollout count at 0 before any failure: a counter that first
+/// appears at 1 is an increase PromQL never sees.
+pub fn rollouts_failed_known(cluster: &str) {
+    metrics().rollouts_failed.get_or_create(&ClusterLabels {
+        cluster: cluster.to_string(),
+    });
 }
 
 /// Sets whether this replica leads.

@@ -569,6 +569,20 @@ async fn a_tag_reaches_dev_then_staging_then_prod_and_a_failed_rollout_halts_pro
     .await
     .expect("failed-rollout alert delivered");
 
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("/metrics")
+        .text()
+        .await
+        .expect("body");
+    for (cluster, failed) in [("dev", 0), ("staging-a", 1), ("prod", 0)] {
+        let line = format!("kimup_rollouts_failed_total{{cluster=\"{cluster}\"}} {failed}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in /metrics"
+        );
+    }
+
     // A newer tag starts a new promotion, and prod goes from 1.4.0 to 1.6.0, never 1.5.0.
     reg.push_tags("promo/web", &["1.6.0"]).await.expect("push");
     t.until(
