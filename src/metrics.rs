@@ -356,9 +356,10 @@ pub fn rollout_failed(cluster: &str) {
 /// Exports `cluster`'s failed-rollout count at 0 before any failure: a counter that first
 /// appears at 1 is an increase PromQL never sees.
 pub fn rollouts_failed_known(cluster: &str) {
-    metrics().rollouts_failed.get_or_create(&ClusterLabels {
+    let created = metrics().rollouts_failed.get_or_create(&ClusterLabels {
         cluster: cluster.to_string(),
     });
+    drop(created);
 }
 
 /// Sets whether this replica leads.
