@@ -596,26 +596,33 @@ fn images_of_namespace<K: Resource>(
     move |obj: K| images_in(&store, workloads::namespace_of(&obj).as_deref())
 }
 
+/// What a broadcast channel receives, as a stream that ends when the channel closes; messages
+/// missed by a slow receiver are logged as `what` dropped, and listening goes on.
+fn received<T: Clone + Send + 'static>(
+    rx: tokio::sync::broadcast::Receiver<T>,
+    what: &'static str,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::unfold(rx, move |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(message) => return Some((message, rx)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    warn!(missed = n, "{what} dropped: controller too slow");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+}
+
 /// Marks the Images of this cluster that a registry webhook announces a push for (those with a
 /// webhook trigger and the pushed repository) and queues exactly those.
 fn pushed_images(
     ctx: Arc<ClusterContext>,
     store: Store<Image>,
 ) -> impl futures::Stream<Item = ObjectRef<Image>> + Send + 'static {
-    let rx = ctx.shared.pushes.subscribe();
-    futures::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(push) => return Some((push, rx)),
-                // Missed pushes are seen at the Images' next trigger; keep listening.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    warn!(missed = n, "webhook pushes dropped: controller too slow");
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    })
-    .flat_map(move |push| {
+    // Missed pushes are seen at the Images' next trigger.
+    received(ctx.shared.pushes.subscribe(), "webhook pushes").flat_map(move |push| {
         let matching: Vec<ObjectRef<Image>> = store
             .state_filter(|img| triggered_by(img, &push.event))
             .into_iter()
@@ -636,20 +643,8 @@ fn fleet_changes(
     ctx: Arc<ClusterContext>,
     store: Store<Image>,
 ) -> impl futures::Stream<Item = ObjectRef<Image>> + Send + 'static {
-    let rx = ctx.shared.fleet.subscribe();
-    futures::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(change) => return Some((change, rx)),
-                // Missed changes are seen at the Images' next trigger or requeue.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    warn!(missed = n, "fleet changes dropped: controller too slow");
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    })
-    .filter_map(move |change| {
+    // Missed changes are seen at the Images' next trigger or requeue.
+    received(ctx.shared.fleet.subscribe(), "fleet changes").filter_map(move |change| {
         let found = (change.cluster != ctx.cluster)
             .then(|| store.get(&change.key.object_ref()))
             .flatten()

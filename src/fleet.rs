@@ -286,34 +286,9 @@ pub fn table(v: &View) -> String {
             first = false;
         }
     }
-    let mut out = align(&rows);
+    let mut out = crate::table::align(&rows);
     for (cluster, e) in &v.errors {
         out.push_str(&format!("{cluster}: {e}\n"));
-    }
-    out
-}
-
-/// Rows as columns padded to their widest cell, two spaces apart (pure).
-pub fn align(rows: &[Vec<String>]) -> String {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|i| {
-            rows.iter()
-                .filter_map(|r| r.get(i))
-                .map(|c| c.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
     }
     out
 }

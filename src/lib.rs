@@ -21,6 +21,7 @@ pub mod run;
 pub mod server;
 pub mod shards;
 pub mod sync;
+pub mod table;
 pub mod telemetry;
 pub mod triggers;
 pub mod version;

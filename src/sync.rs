@@ -396,23 +396,13 @@ pub async fn converge_image(
     )
     .await;
     let mut state = State::from_previous(image, previous);
-    let now = chrono::Utc::now();
-    let rollout = rollout_of(
-        image,
-        previous,
-        previous.tag.as_deref(),
-        outcomes.as_deref(),
-        scope,
-        now,
-    );
-    report_rollout(
+    let rollout = judge_rollout(
         shared,
         client,
         image,
-        &namespace,
-        &name,
+        (&namespace, &name),
         previous,
-        rollout.as_ref(),
+        (previous.tag.as_deref(), outcomes.as_deref()),
         scope,
         &mut state,
     )
@@ -572,22 +562,13 @@ async fn run(
         namespace,
     )
     .await;
-    let rollout = rollout_of(
-        image,
-        previous,
-        tag.as_deref(),
-        outcomes.as_deref(),
-        scope,
-        now,
-    );
-    report_rollout(
+    let rollout = judge_rollout(
         shared,
         client,
         image,
-        namespace,
-        name,
+        (namespace, name),
         previous,
-        rollout.as_ref(),
+        (tag.as_deref(), outcomes.as_deref()),
         scope,
         &mut state,
     )
@@ -621,8 +602,36 @@ async fn run(
     }
 }
 
-/// `status.rollout` after this reconcile: the rollout of `tag` judged from apply's outcomes,
-/// when the Image records one (see [`Scope::record_rollout`]).
+/// `status.rollout` after this reconcile, reported ([`report_rollout`]) when it newly failed.
+#[allow(clippy::too_many_arguments)]
+async fn judge_rollout(
+    shared: &Shared,
+    client: &Client,
+    image: &Image,
+    (namespace, name): (&str, &str),
+    previous: &ImageStatus,
+    (tag, outcomes): (Option<&str>, Option<&[WorkloadOutcome]>),
+    scope: &Scope<'_>,
+    state: &mut State,
+) -> Option<RolloutStatus> {
+    let rollout = rollout_of(image, previous, tag, outcomes, scope, chrono::Utc::now());
+    report_rollout(
+        shared,
+        client,
+        image,
+        namespace,
+        name,
+        previous,
+        rollout.as_ref(),
+        scope,
+        state,
+    )
+    .await;
+    rollout
+}
+
+/// The rollout of `tag` judged from apply's outcomes, when the Image records one (see
+/// [`Scope::record_rollout`]) (pure but for the clock passed in).
 fn rollout_of(
     image: &Image,
     previous: &ImageStatus,

@@ -226,15 +226,6 @@ impl Timeline {
     }
 }
 
-/// The string value of attribute `key` of an OTLP JSON span.
-fn attr<'a>(span: &'a serde_json::Value, key: &str) -> Option<&'a str> {
-    span["attributes"]
-        .as_array()?
-        .iter()
-        .find(|a| a["key"] == key)?["value"]["stringValue"]
-        .as_str()
-}
-
 fn promotion_condition(s: &ImageStatus) -> Option<(String, String, String)> {
     s.conditions
         .iter()

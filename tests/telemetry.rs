@@ -9,15 +9,6 @@ use common::*;
 use kimup_testenv::Collector;
 use kimup_testenv::process::free_port;
 
-/// The string value of attribute `key` of an OTLP JSON span.
-fn attr<'a>(span: &'a serde_json::Value, key: &str) -> Option<&'a str> {
-    span["attributes"]
-        .as_array()?
-        .iter()
-        .find(|a| a["key"] == key)?["value"]["stringValue"]
-        .as_str()
-}
-
 #[tokio::test]
 async fn syncs_are_exported_as_traces_and_metrics_are_served() {
     let env = env();

@@ -549,26 +549,24 @@ async fn deployments_roll_out_and_a_never_ready_image_exceeds_its_deadline() {
     )
     .await
     .expect("patch");
+    // The current template's rollout stalled past its deadline.
+    let stalled = || {
+        let api = api.clone();
+        async move {
+            let d = api.get("web").await?;
+            let st = d.status.unwrap_or_default();
+            Ok(st.observed_generation == d.metadata.generation
+                && st.conditions.unwrap_or_default().iter().any(|c| {
+                    c.type_ == "Progressing"
+                        && c.status == "False"
+                        && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+                }))
+        }
+    };
     wait_until(
         "web 1.2.0-never-ready reported ProgressDeadlineExceeded",
         Duration::from_secs(90),
-        || {
-            let api = api.clone();
-            async move {
-                let d = api.get("web").await?;
-                let stalled = d
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| {
-                        c.type_ == "Progressing"
-                            && c.status == "False"
-                            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-                    });
-                Ok(stalled)
-            }
-        },
+        stalled,
     )
     .await
     .expect("stalled");
@@ -605,19 +603,7 @@ async fn deployments_roll_out_and_a_never_ready_image_exceeds_its_deadline() {
     wait_until(
         "web 9.9.9 reported ProgressDeadlineExceeded",
         Duration::from_secs(90),
-        || {
-            let api = api.clone();
-            async move {
-                let d = api.get("web").await?;
-                let st = d.status.unwrap_or_default();
-                Ok(st.observed_generation == d.metadata.generation
-                    && st.conditions.unwrap_or_default().iter().any(|c| {
-                        c.type_ == "Progressing"
-                            && c.status == "False"
-                            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-                    }))
-            }
-        },
+        stalled,
     )
     .await
     .expect("9.9.9 stalled");

@@ -294,3 +294,12 @@ pub async fn assert_no_canary(client: &Client, namespace: &str) {
         "a Secret's value reached an event in {namespace}"
     );
 }
+
+/// The string value of attribute `key` of an OTLP JSON span.
+pub fn attr<'a>(span: &'a serde_json::Value, key: &str) -> Option<&'a str> {
+    span["attributes"]
+        .as_array()?
+        .iter()
+        .find(|a| a["key"] == key)?["value"]["stringValue"]
+        .as_str()
+}
