@@ -527,14 +527,13 @@ async fn deployments_roll_out_and_a_never_ready_image_exceeds_its_deadline() {
             api.get("web").await.map(|d| d.status)
         );
     }
-    let patch = |image: &str| serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": image}]}}}});
-    api.patch(
-        "web",
-        &PatchParams::default(),
-        &Patch::Strategic(patch("example.test/web:1.1.0")),
-    )
-    .await
-    .expect("patch");
+    let set_image = async |image: &str| {
+        let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": image}]}}}});
+        api.patch("web", &PatchParams::default(), &Patch::Strategic(patch))
+            .await
+            .expect("patch");
+    };
+    set_image("example.test/web:1.1.0").await;
     wait_until(
         "web 1.1.0 rolled out",
         Duration::from_secs(90),
@@ -542,13 +541,7 @@ async fn deployments_roll_out_and_a_never_ready_image_exceeds_its_deadline() {
     )
     .await
     .expect("rolled out");
-    api.patch(
-        "web",
-        &PatchParams::default(),
-        &Patch::Strategic(patch("example.test/web:1.2.0-never-ready")),
-    )
-    .await
-    .expect("patch");
+    set_image("example.test/web:1.2.0-never-ready").await;
     // The current template's rollout stalled past its deadline.
     let stalled = || {
         let api = api.clone();
@@ -579,13 +572,7 @@ async fn deployments_roll_out_and_a_never_ready_image_exceeds_its_deadline() {
     );
     // The annotation refuses the tag it names: back at 1.1.0, then 9.9.9, an ordinary tag,
     // stalls this Deployment until its deadline, and none of its Pods is ever Ready.
-    api.patch(
-        "web",
-        &PatchParams::default(),
-        &Patch::Strategic(patch("example.test/web:1.1.0")),
-    )
-    .await
-    .expect("patch");
+    set_image("example.test/web:1.1.0").await;
     wait_until(
         "web back at 1.1.0",
         Duration::from_secs(90),
@@ -593,13 +580,7 @@ async fn deployments_roll_out_and_a_never_ready_image_exceeds_its_deadline() {
     )
     .await
     .expect("rolled back");
-    api.patch(
-        "web",
-        &PatchParams::default(),
-        &Patch::Strategic(patch("example.test/web:9.9.9")),
-    )
-    .await
-    .expect("patch");
+    set_image("example.test/web:9.9.9").await;
     wait_until(
         "web 9.9.9 reported ProgressDeadlineExceeded",
         Duration::from_secs(90),
