@@ -427,6 +427,12 @@ pub async fn run(
     // the namespace reconcile, and no second watch of the Images is needed.
     let (peers_tx, peers_rx) = futures::channel::mpsc::unbounded::<Image>();
     let store_before = store.clone();
+    // Promotion news of an Image (its rollout or promotion changed, or a promoted Image came or
+    // went), told apart before the cache applies the event and announced to the other clusters
+    // once it has: they then read the new state from this cache.
+    let news: Arc<Mutex<Vec<ImageKey>>> = Arc::default();
+    let (news_in, news_out) = (news.clone(), news);
+    let (fleet, cluster) = (ctx.shared.fleet.clone(), ctx.cluster.clone());
     let events = watcher(
         images,
         // Pages of 100: a page is held whole while its Images are handed on, and 500 Images
@@ -437,17 +443,31 @@ pub async fn run(
     )
     .modify(slim_image)
     .map(move |event| {
-        if let Ok(e) = &event
-            && let Some(changed) = spec_event(e, |img| store_before.get(&ObjectRef::from_obj(img)))
-        {
-            // The receiver lives as long as the controller; nothing to do once it is gone.
-            let _ = peers_tx.unbounded_send(changed);
+        if let Ok(e) = &event {
+            let cached = |img: &Image| store_before.get(&ObjectRef::from_obj(img));
+            if let Some(changed) = spec_event(e, cached) {
+                // The receiver lives as long as the controller; nothing to do once it is gone.
+                let _ = peers_tx.unbounded_send(changed);
+            }
+            if let Some(key) = promotion_news(e, cached)
+                && let Ok(mut n) = news_in.lock()
+            {
+                n.push(key);
+            }
         }
         event
     });
     // As Controller::new: no backoff of its own (the fault tests' reconnection times are this
     // watcher's), applied objects only (a deleted Image has nothing to reconcile).
-    let image_stream = kube::runtime::reflector::reflector(writer, events).applied_objects();
+    let image_stream = kube::runtime::reflector::reflector(writer, events)
+        .inspect(move |_| {
+            // The reflector has applied the event: the news can go out.
+            let keys = news_out.lock().map(|mut n| std::mem::take(&mut *n));
+            for key in keys.unwrap_or_default() {
+                fleet.changed(&cluster, key);
+            }
+        })
+        .applied_objects();
     let controller = Controller::for_stream(image_stream, store.clone());
     let (workload_caches, streams) = workloads::watch(&ctx.client, namespace);
     let _ = ctx.images.set(store.clone());
@@ -549,6 +569,35 @@ pub fn spec_event(
         watcher::Event::Delete(img) => Some(img.clone()),
         watcher::Event::Init | watcher::Event::InitApply(_) | watcher::Event::InitDone => None,
     }
+}
+
+/// The Image of a watch event that other clusters' promotions must hear of (pure but for
+/// `cached`, the cache's copy before the event): its `status.rollout` or `spec.promotion`
+/// changed, or an Image with either was created or deleted. The initial list is not news: every
+/// Image syncs at start.
+pub fn promotion_news(
+    event: &watcher::Event<Image>,
+    cached: impl FnOnce(&Image) -> Option<Arc<Image>>,
+) -> Option<ImageKey> {
+    let promoted = |img: &Image| {
+        img.spec.promotion.is_some() || img.status.as_ref().is_some_and(|s| s.rollout.is_some())
+    };
+    let news = match event {
+        watcher::Event::Apply(img) => match cached(img) {
+            Some(before) => {
+                let rollout = |i: &Image| i.status.as_ref().and_then(|s| s.rollout.clone());
+                rollout(&before) != rollout(img) || before.spec.promotion != img.spec.promotion
+            }
+            None => promoted(img),
+        },
+        watcher::Event::Delete(img) => promoted(img),
+        watcher::Event::Init | watcher::Event::InitApply(_) | watcher::Event::InitDone => false,
+    };
+    let img = match event {
+        watcher::Event::Apply(img) | watcher::Event::Delete(img) => img,
+        _ => return None,
+    };
+    news.then(|| ImageKey::of(img))
 }
 
 /// The Images of a namespace, as reconcile requests.
@@ -747,13 +796,6 @@ async fn reconcile(image: Arc<Image>, ctx: Arc<ClusterContext>) -> Result<Action
                 },
             );
             ctx.set_gate(&uid, through);
-            // A promotion appears (or changes): the same Image elsewhere starts recording its
-            // rollout for it to read.
-            if image.spec.promotion.is_some()
-                && matches!(reason, TriggerReason::Startup | TriggerReason::SpecChange)
-            {
-                fleet.changed(&ctx.cluster, key.clone());
-            }
             let report = sync::sync_image(
                 &ctx.shared,
                 &ctx.client,
@@ -787,18 +829,18 @@ async fn reconcile(image: Arc<Image>, ctx: Arc<ClusterContext>) -> Result<Action
         return Err(e);
     }
     ctx.set_unwritten(&uid, None);
-    // A new rollout state here may open (or halt) the gate of the same Image elsewhere: they
-    // re-check, and their promotion decisions link to this reconcile.
+    // A new rollout state here may open (or halt) the gate of the same Image elsewhere: its
+    // watch event tells them (see `promotion_news`), and their decisions link to this reconcile.
     if let Some(r) = &report.status.rollout
         && promotion::newly_failed(stored.rollout.as_ref(), r)
     {
         crate::metrics::rollout_failed(&ctx.cluster);
     }
-    if report.status.rollout != stored.rollout && report.status.rollout.is_some() {
-        if let Some(span) = crate::telemetry::span_context(&tracing::Span::current()) {
-            fleet.record_span(&ctx.cluster, &key, span);
-        }
-        fleet.changed(&ctx.cluster, key.clone());
+    if report.status.rollout != stored.rollout
+        && report.status.rollout.is_some()
+        && let Some(span) = crate::telemetry::span_context(&tracing::Span::current())
+    {
+        fleet.record_span(&ctx.cluster, &key, span);
     }
     // Only a status that differs from the cached one needs remembering until the cache has it.
     ctx.set_known(
@@ -1283,6 +1325,71 @@ spec:
         assert!(
             spec_event(&watcher::Event::InitApply(image(BASE)), cached(None)).is_none(),
             "the initial list: every Image reconciles anyway"
+        );
+    }
+
+    #[test]
+    fn promotion_news_is_rollouts_and_promotions_changing() {
+        use crate::api::image::{ClusterPattern, Promotion, RolloutStatus};
+        let cached = |c: Option<Arc<Image>>| move |_: &Image| c;
+        let apply = |i: &Image| watcher::Event::Apply(i.clone());
+        let plain = Arc::new(image(BASE));
+        let mut tagged = image(BASE);
+        tagged.status = Some(ImageStatus {
+            tag: Some("1.25.1".into()),
+            ..Default::default()
+        });
+        // Nobody promotes it: neither its creation nor its status writes are news.
+        assert_eq!(promotion_news(&apply(&plain), cached(None)), None);
+        assert_eq!(
+            promotion_news(&apply(&tagged), cached(Some(plain.clone()))),
+            None
+        );
+        let mut rolled = tagged.clone();
+        rolled.status.as_mut().expect("status").rollout = Some(RolloutStatus {
+            tag: "1.25.1".into(),
+            since: "2026-01-01T00:00:00Z".into(),
+            ..Default::default()
+        });
+        let key = Some(ImageKey::of(&rolled));
+        assert_eq!(
+            promotion_news(&apply(&rolled), cached(Some(Arc::new(tagged.clone())))),
+            key,
+            "a rollout recorded"
+        );
+        let mut healthy = rolled.clone();
+        if let Some(r) = healthy.status.as_mut().and_then(|s| s.rollout.as_mut()) {
+            r.healthy_since = Some("2026-01-01T00:01:00Z".into());
+        }
+        assert_eq!(
+            promotion_news(&apply(&healthy), cached(Some(Arc::new(rolled.clone())))),
+            key,
+            "its health changed"
+        );
+        let mut promoted = tagged.clone();
+        promoted.spec.promotion = Some(Promotion {
+            after: vec![ClusterPattern("dev".into())],
+            soak: "1h".into(),
+        });
+        assert_eq!(
+            promotion_news(&apply(&promoted), cached(Some(Arc::new(tagged.clone())))),
+            key,
+            "a promotion added"
+        );
+        assert_eq!(
+            promotion_news(&apply(&promoted), cached(None)),
+            key,
+            "created"
+        );
+        assert_eq!(
+            promotion_news(&watcher::Event::Delete(healthy.clone()), cached(None)),
+            key,
+            "deleted"
+        );
+        assert_eq!(
+            promotion_news(&watcher::Event::InitApply(promoted), cached(None)),
+            None,
+            "the initial list"
         );
     }
 

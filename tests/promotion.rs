@@ -3,7 +3,8 @@
 //! really roll out: a new tag reaches dev at once, staging-a once it ran healthy in dev for the
 //! soak, prod once it ran healthy in staging-a for the soak; a rollout that fails in staging-a
 //! (its Pods never become Ready: ProgressDeadlineExceeded) halts prod, and a newer tag starts a
-//! new promotion. A restart of kimup mid-soak neither resets nor skips the soak.
+//! new promotion. A restart of kimup mid-soak neither resets nor skips the soak. The promoted
+//! Images check the registry hourly only: what moves them is the soak completing elsewhere.
 
 mod common;
 
@@ -109,11 +110,18 @@ fn image_yaml(repo: &str, promotion: Option<&str>, alert: bool) -> String {
     } else {
         ""
     };
+    // Promoted Images check the registry hourly only: they take a tag when a soak elsewhere
+    // completes, not at a trigger of their own.
+    let cron = if promotion.is_some() {
+        "@hourly"
+    } else {
+        "*/1 * * * * *"
+    };
     let promotion = promotion
         .map(|p| format!("  promotion: {p}\n"))
         .unwrap_or_default();
     format!(
-        "apiVersion: kimup.cloudavenue.io/v1alpha1\nkind: Image\nmetadata: {{name: web}}\nspec:\n  image: {repo}\n  baseTag: 1.3.0\n  triggers: [{{type: crontab, value: \"*/1 * * * * *\"}}]\n  rules: [{{name: minor, type: semver-minor, actions: [{{type: apply}}{alert}]}}]\n{promotion}"
+        "apiVersion: kimup.cloudavenue.io/v1alpha1\nkind: Image\nmetadata: {{name: web}}\nspec:\n  image: {repo}\n  baseTag: 1.3.0\n  triggers: [{{type: crontab, value: \"{cron}\"}}]\n  rules: [{{name: minor, type: semver-minor, actions: [{{type: apply}}{alert}]}}]\n{promotion}"
     )
 }
 
