@@ -432,7 +432,8 @@ pub async fn run(
     // once it has: they then read the new state from this cache.
     let news: Arc<Mutex<Vec<ImageKey>>> = Arc::default();
     let (news_in, news_out) = (news.clone(), news);
-    let (fleet, cluster) = (ctx.shared.fleet.clone(), ctx.cluster.clone());
+    let (fleet, cluster, listed_store) =
+        (ctx.shared.fleet.clone(), ctx.cluster.clone(), store.clone());
     let events = watcher(
         images,
         // Pages of 100: a page is held whole while its Images are handed on, and 500 Images
@@ -457,13 +458,29 @@ pub async fn run(
         }
         event
     });
+    let listed = |event: &Result<watcher::Event<Image>, watcher::Error>| {
+        matches!(event, Ok(watcher::Event::InitDone))
+    };
     // As Controller::new: no backoff of its own (the fault tests' reconnection times are this
     // watcher's), applied objects only (a deleted Image has nothing to reconcile).
     let image_stream = kube::runtime::reflector::reflector(writer, events)
-        .inspect(move |_| {
+        .inspect(move |event| {
             // The reflector has applied the event: the news can go out.
-            let keys = news_out.lock().map(|mut n| std::mem::take(&mut *n));
-            for key in keys.unwrap_or_default() {
+            let mut keys = news_out
+                .lock()
+                .map(|mut n| std::mem::take(&mut *n))
+                .unwrap_or_default();
+            // A (re)list done: the promoted Images here are news to the clusters that read
+            // them, which may have looked while this cache was empty or stale.
+            if listed(event) {
+                keys.extend(
+                    listed_store
+                        .state_filter(promoted)
+                        .iter()
+                        .map(|img| ImageKey::of(img)),
+                );
+            }
+            for key in keys {
                 fleet.changed(&cluster, key);
             }
         })
@@ -573,15 +590,12 @@ pub fn spec_event(
 
 /// The Image of a watch event that other clusters' promotions must hear of (pure but for
 /// `cached`, the cache's copy before the event): its `status.rollout` or `spec.promotion`
-/// changed, or an Image with either was created or deleted. The initial list is not news: every
-/// Image syncs at start.
+/// changed, or an Image with either was created or deleted. The Images of a (re)list are
+/// announced together once it is done (see [`run`]), not one by one here.
 pub fn promotion_news(
     event: &watcher::Event<Image>,
     cached: impl FnOnce(&Image) -> Option<Arc<Image>>,
 ) -> Option<ImageKey> {
-    let promoted = |img: &Image| {
-        img.spec.promotion.is_some() || img.status.as_ref().is_some_and(|s| s.rollout.is_some())
-    };
     let news = match event {
         watcher::Event::Apply(img) => match cached(img) {
             Some(before) => {
@@ -598,6 +612,11 @@ pub fn promotion_news(
         _ => return None,
     };
     news.then(|| ImageKey::of(img))
+}
+
+/// Whether an Image takes part in a promotion: it has one, or records its rollout for one.
+fn promoted(img: &Image) -> bool {
+    img.spec.promotion.is_some() || img.status.as_ref().is_some_and(|s| s.rollout.is_some())
 }
 
 /// The Images of a namespace, as reconcile requests.

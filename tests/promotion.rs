@@ -104,7 +104,9 @@ fn web(image: &str, refuse: Option<&str>) -> Deployment {
     .expect("deployment literal")
 }
 
-fn image_yaml(repo: &str, promotion: Option<&str>, alert: bool) -> String {
+/// An Image `web` of `repo` from 1.3.0 under semver-minor; `dev_cron` is the crontab of the
+/// Image without a promotion.
+fn image_yaml(repo: &str, promotion: Option<&str>, alert: bool, dev_cron: &str) -> String {
     let alert = if alert {
         ", {type: alert-webhook, data: {valueFrom: {alertConfigRef: {name: team}}}}"
     } else {
@@ -115,7 +117,7 @@ fn image_yaml(repo: &str, promotion: Option<&str>, alert: bool) -> String {
     let cron = if promotion.is_some() {
         "@hourly"
     } else {
-        "*/1 * * * * *"
+        dev_cron
     };
     let promotion = promotion
         .map(|p| format!("  promotion: {p}\n"))
@@ -272,6 +274,7 @@ async fn setup(
     repo_path: &str,
     soak: &str,
     refuse_in_staging: Option<&str>,
+    dev_cron: &str,
 ) {
     let reg = env.plain_registry();
     reg.push_tags(repo_path, &["1.3.0"]).await.expect("push");
@@ -292,7 +295,7 @@ async fn setup(
         create_image(
             &client,
             ns,
-            &image_yaml(&repo, promotion.as_deref(), *name == "staging-a"),
+            &image_yaml(&repo, promotion.as_deref(), *name == "staging-a", dev_cron),
         )
         .await;
     }
@@ -329,6 +332,7 @@ async fn a_tag_reaches_dev_then_staging_then_prod_and_a_failed_rollout_halts_pro
         "promo/web",
         &format!("{SOAK}s"),
         Some(":1\\.5\\.0$"),
+        "*/1 * * * * *",
     )
     .await;
     let dir = members(env, "staged");
@@ -621,7 +625,10 @@ async fn a_restart_mid_soak_neither_resets_nor_skips_it() {
     const SOAK: i64 = 20;
     let env = env();
     let ns = env.namespace_everywhere("soak").await.expect("namespaces");
-    setup(env, &ns, "promo/soak", &format!("{SOAK}s"), None).await;
+    // Every Image checks the registry hourly: kimup's first syncs alone must record dev's
+    // rollout for staging-a to read (whichever cluster's cache lists first), and dev takes 1.4.0
+    // when asked (the refresh annotation).
+    setup(env, &ns, "promo/soak", &format!("{SOAK}s"), None, "@hourly").await;
     let dir = members(env, "restart");
     let first = start(env, &dir, &ns, "kimup-soak-1", free_port().expect("port"));
     let mut t = Timeline::new(env, &ns).await;
@@ -636,6 +643,17 @@ async fn a_restart_mid_soak_neither_resets_nor_skips_it() {
         .push_tags("promo/soak", &["1.4.0"])
         .await
         .expect("push");
+    let dev = env.clusters[0].client().await.expect("client");
+    Api::<kimup::api::Image>::namespaced(dev, &ns)
+        .patch(
+            "web",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({
+                "metadata": {"annotations": {"kimup.cloudavenue.io/action": "refresh"}}
+            })),
+        )
+        .await
+        .expect("refresh dev");
     t.until(
         "dev healthy at 1.4.0",
         Duration::from_secs(60),
@@ -716,7 +734,12 @@ async fn an_after_that_matches_no_member_is_an_error_not_a_pass() {
     create_image(
         &prod,
         &ns,
-        &image_yaml(&repo, Some("{after: [\"stagin-*\"], soak: 1s}"), false),
+        &image_yaml(
+            &repo,
+            Some("{after: [\"stagin-*\"], soak: 1s}"),
+            false,
+            "@hourly",
+        ),
     )
     .await;
     let dir = members(env, "nomember");
