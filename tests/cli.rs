@@ -155,6 +155,41 @@ fn cluster_usage_errors_exit_2() {
 }
 
 #[test]
+fn fleet_reports_unreadable_members_and_usage_errors() {
+    let out = kimup(&["fleet"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--kubeconfig-dir DIR or --kubeconfig FILE"),
+        "{}",
+        text(&out.stderr)
+    );
+    let empty = tempfile::tempdir().expect("dir");
+    let dir = empty.path().to_str().expect("utf-8 path");
+    let out = kimup(&["fleet", "--kubeconfig-dir", dir]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    // One member that cannot be read, one that is no kubeconfig: each named, exit 1, the
+    // matrix still printed.
+    std::fs::write(
+        empty.path().join("gone.yaml"),
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: \"https://127.0.0.1:1\"}}]\nusers: [{name: u, user: {token: t}}]\ncontexts: [{name: gone, context: {cluster: c, user: u}}]\ncurrent-context: gone\n",
+    )
+    .expect("write");
+    std::fs::write(empty.path().join("junk.yaml"), "not: [a kubeconfig").expect("write");
+    let out = kimup(&["fleet", "--kubeconfig-dir", dir, "-o", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let view: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(view["clusters"], serde_json::json!(["gone", "junk"]));
+    assert!(
+        view["errors"]["gone"]
+            .as_str()
+            .is_some_and(|e| e.contains("listing Images")),
+        "{view}"
+    );
+    assert!(view["errors"]["junk"].is_string(), "{view}");
+    assert_eq!(view["images"], serde_json::json!([]));
+}
+
+#[test]
 fn evaluate_prints_the_chosen_tag_or_nothing() {
     let f = tags_file(TAGS);
     let path = f.path().to_str().expect("path");
