@@ -432,8 +432,12 @@ pub async fn run(
     // once it has: they then read the new state from this cache.
     let news: Arc<Mutex<Vec<ImageKey>>> = Arc::default();
     let (news_in, news_out) = (news.clone(), news);
-    let (fleet, cluster, listed_store) =
-        (ctx.shared.fleet.clone(), ctx.cluster.clone(), store.clone());
+    let (fleet, cluster, listed_store, listed_health) = (
+        ctx.shared.fleet.clone(),
+        ctx.cluster.clone(),
+        store.clone(),
+        health.clone(),
+    );
     let events = watcher(
         images,
         // Pages of 100: a page is held whole while its Images are handed on, and 500 Images
@@ -470,9 +474,12 @@ pub async fn run(
                 .lock()
                 .map(|mut n| std::mem::take(&mut *n))
                 .unwrap_or_default();
-            // A (re)list done: the promoted Images here are news to the clusters that read
-            // them, which may have looked while this cache was empty or stale.
+            // A (re)list done: the watch runs again, so the cluster is up (without waiting for
+            // a reconcile, which may sit in a write's backoff), and the promoted Images here are
+            // news to the clusters that read them, which may have looked while this cache was
+            // empty or stale.
             if listed(event) {
+                listed_health.set_if_changed(&cluster, Ok(()));
                 keys.extend(
                     listed_store
                         .state_filter(promoted)
@@ -490,7 +497,7 @@ pub async fn run(
     let _ = ctx.images.set(store.clone());
     let _ = ctx.workloads.set(workload_caches);
     let pushed = pushed_images(ctx.clone(), store.clone());
-    let promoted = fleet_changes(ctx.clone(), store.clone());
+    let fleet_news = fleet_changes(ctx.clone(), store.clone());
     let relist = {
         let (store, ctx) = (store.clone(), ctx_for_leader.clone());
         gained_rx.flat_map(move |shard| {
@@ -543,15 +550,24 @@ pub async fn run(
             }
         })
         .reconcile_on(pushed)
-        .reconcile_on(promoted)
+        .reconcile_on(fleet_news)
         .reconcile_on(relist)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|res| {
             let (health, cluster) = (health.clone(), ctx.cluster.clone());
+            let (fleet, store) = (ctx.shared.fleet.clone(), store.clone());
             async move {
                 match res {
-                    Ok(_) => health.set_if_changed(&cluster, Ok(())),
+                    Ok(_) => {
+                        // Back up: other clusters' promotions waiting on this one (it was not
+                        // watched) read it again.
+                        if health.set_if_changed(&cluster, Ok(())) {
+                            for img in store.state_filter(promoted) {
+                                fleet.changed(&cluster, ImageKey::of(&img));
+                            }
+                        }
+                    }
                     // A watch failed (API server gone, credentials refused): the cluster is down
                     // until the watcher's own backoff reconnects.
                     Err(kube::runtime::controller::Error::QueueError(e)) => {

@@ -106,8 +106,9 @@ impl Health {
         });
     }
 
-    /// As `set`, but takes the write lock only when the state changes (called per reconcile).
-    pub fn set_if_changed(&self, cluster: &str, state: Result<(), String>) {
+    /// As `set`, but takes the write lock only when the state changes (called per reconcile);
+    /// returns whether it changed.
+    pub fn set_if_changed(&self, cluster: &str, state: Result<(), String>) -> bool {
         let same = self
             .clusters
             .read()
@@ -120,6 +121,7 @@ impl Health {
         if !same {
             self.set(cluster, state);
         }
+        !same
     }
 
     /// Records where a cluster's configuration comes from (a kubeconfig file, `in-cluster`).

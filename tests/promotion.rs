@@ -776,3 +776,122 @@ async fn an_after_that_matches_no_member_is_an_error_not_a_pass() {
         vec![format!("{repo}:1.3.0")]
     );
 }
+
+/// A gate cluster whose API server dies mid-soak is not trusted from kimup's stale cache of it:
+/// the later cluster waits, saying why, and takes the tag once the cluster is back and its
+/// record read again.
+#[tokio::test]
+async fn a_gate_cluster_down_mid_soak_holds_the_promotion_until_it_is_back() {
+    const SOAK: i64 = 40;
+    let mut env = TestEnv::builder()
+        .name("promotion-down")
+        .clusters(3)
+        .registries()
+        .kimup_crds()
+        .rollouts()
+        .start()
+        .await
+        .expect("three clusters with rollouts");
+    let ns = env.namespace_everywhere("down").await.expect("namespaces");
+    setup(
+        &env,
+        &ns,
+        "promo/down",
+        &format!("{SOAK}s"),
+        None,
+        "*/1 * * * * *",
+    )
+    .await;
+    let dir = members(&env, "down");
+    let port = free_port().expect("port");
+    let kimup = start(&env, &dir, &ns, "kimup-down", port);
+    let mut t = Timeline::new(&env, &ns).await;
+    t.until(
+        "every member healthy at 1.3.0",
+        Duration::from_secs(90),
+        &kimup,
+        |s| s.iter().all(|s| healthy_at(s, "1.3.0")),
+    )
+    .await;
+    env.plain_registry()
+        .push_tags("promo/down", &["1.4.0"])
+        .await
+        .expect("push");
+    t.until(
+        "dev healthy at 1.4.0",
+        Duration::from_secs(60),
+        &kimup,
+        |s| healthy_at(get(s, "dev"), "1.4.0"),
+    )
+    .await;
+    let dev_healthy = healthy_since(get(&t.look().await, "dev"), "1.4.0");
+    env.clusters[0].kill();
+    let killed = Utc::now();
+    let down = async {
+        loop {
+            let list: Vec<kimup::server::ClusterReport> =
+                match reqwest::get(format!("http://127.0.0.1:{port}/clusters")).await {
+                    Ok(r) => r.json().await.unwrap_or_default(),
+                    Err(_) => Vec::new(),
+                };
+            if list.iter().any(|c| c.name == "dev" && !c.up) {
+                return Utc::now();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let down = tokio::time::timeout(Duration::from_secs(30), down)
+        .await
+        .expect("kimup saw dev down within 30 s of its API server's death");
+    let soak = chrono::Duration::seconds(SOAK);
+    assert!(
+        down < dev_healthy + soak,
+        "kimup saw dev down {:.1} s after it became healthy, after the {SOAK} s soak: nothing to hold",
+        secs(dev_healthy, down)
+    );
+    // Past the soak, staging-a says what it waits for and has not taken 1.4.0.
+    t.until(
+        "staging-a waiting for dev, which is not watched",
+        Duration::from_secs(SOAK as u64 + 20),
+        &kimup,
+        |s| {
+            promotion_condition(&get(s, "staging-a").status)
+                .is_some_and(|(_, _, m)| m.contains("waiting for dev: dev is not watched now"))
+        },
+    )
+    .await;
+    let held_until = Utc::now();
+    assert!(
+        held_until >= dev_healthy + soak,
+        "staging-a waited on the down cluster only after the soak would have ended"
+    );
+    assert_eq!(
+        t.first_ran("staging-a", "1.4.0"),
+        None,
+        "staging-a took 1.4.0 from a cache of a cluster that was down"
+    );
+    env.clusters[0].restart().await.expect("restart dev");
+    let back = Utc::now();
+    t.until(
+        "staging-a healthy at 1.4.0 once dev is back",
+        Duration::from_secs(90),
+        &kimup,
+        |s| healthy_at(get(s, "staging-a"), "1.4.0"),
+    )
+    .await;
+    let staging_in = t
+        .first_ran("staging-a", "1.4.0")
+        .expect("staging-a ran 1.4.0");
+    println!(
+        "dev healthy at 1.4.0, killed {:.1} s later, seen down after {:.1} s; soak {SOAK} s ended at {:.1} s with staging-a waiting; dev back at {:.1} s; staging-a took 1.4.0 {:.1} s after that",
+        secs(dev_healthy, killed),
+        secs(killed, down),
+        SOAK as f64,
+        secs(dev_healthy, back),
+        secs(back, staging_in)
+    );
+    assert!(
+        staging_in > back,
+        "staging-a took 1.4.0 before dev was back"
+    );
+}
