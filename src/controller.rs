@@ -921,9 +921,9 @@ fn promotion_gate(
     };
     let seen: Vec<(String, Seen)> = clusters
         .iter()
-        .map(|c| (c.clone(), fleet.seen(c, key)))
+        .map(|c| (c.clone(), fleet.seen(c, key, image)))
         .collect();
-    let everywhere: Vec<Seen> = members.iter().map(|m| fleet.seen(m, key)).collect();
+    let everywhere: Vec<Seen> = members.iter().map(|m| fleet.seen(m, key, image)).collect();
     let bad = promotion::failed_anywhere(everywhere.iter().filter_map(|s| match s {
         Seen::Found(st) => Some(st.as_ref()),
         _ => None,

@@ -55,6 +55,9 @@ pub enum Seen {
     Unwatched(String),
     /// The cluster has no such Image.
     Missing,
+    /// The Image there watches another repository (its `spec.image`): its tags say nothing of
+    /// this one's.
+    OtherRepository(String),
     /// Its status there.
     Found(Box<ImageStatus>),
 }
@@ -86,12 +89,15 @@ impl Fleet {
         self.members.member_names()
     }
 
-    /// The Image `key` as `cluster` shows it now.
-    pub fn seen(&self, cluster: &str, key: &ImageKey) -> Seen {
+    /// The Image `key` as `cluster` shows it now, compared with `image`, the one asking.
+    pub fn seen(&self, cluster: &str, key: &ImageKey, image: &Image) -> Seen {
         let Some(store) = self.members.watched_images(cluster) else {
             return Seen::Unwatched(format!("{cluster} is not watched now (down or starting)"));
         };
         match store.get(&key.object_ref()) {
+            Some(img) if !same_repository(&img, image) => {
+                Seen::OtherRepository(img.spec.image.clone())
+            }
             Some(img) => Seen::Found(Box::new(img.status.clone().unwrap_or_default())),
             None => Seen::Missing,
         }
@@ -150,6 +156,15 @@ impl Fleet {
     /// Announcements of [`Fleet::changed`].
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change> {
         self.changes.subscribe()
+    }
+}
+
+/// Whether two Images watch the same repository (`nginx` is `docker.io/library/nginx`); by their
+/// text when one does not parse.
+fn same_repository(a: &Image, b: &Image) -> bool {
+    match (crate::sync::image_ref(a), crate::sync::image_ref(b)) {
+        (Ok(x), Ok(y)) => x.same_repository(&y),
+        _ => a.spec.image.trim() == b.spec.image.trim(),
     }
 }
 

@@ -341,6 +341,14 @@ pub fn gate(
                 eligible = Some(BTreeSet::new());
                 continue;
             }
+            Seen::OtherRepository(image) => {
+                waiting = true;
+                clauses.push(format!(
+                    "waiting for {c}: the Image there watches {image}, another repository"
+                ));
+                eligible = Some(BTreeSet::new());
+                continue;
+            }
         };
         let Some(r) = status.rollout.as_ref() else {
             waiting = true;
@@ -829,6 +837,7 @@ mod tests {
         let empty = Seen::Found(Box::default());
         let missing = Seen::Missing;
         let down = Seen::Unwatched("staging-d is not watched now (down or starting)".into());
+        let other = Seen::OtherRepository("r/other".into());
         let g = gate(
             &[
                 Peer {
@@ -847,12 +856,23 @@ mod tests {
                     cluster: "staging-d",
                     seen: &down,
                 },
+                Peer {
+                    cluster: "staging-e",
+                    seen: &other,
+                },
             ],
             &bad,
             hour,
             now,
         );
         assert!(g.eligible.is_empty());
+        assert!(
+            g.message.contains(
+                "waiting for staging-e: the Image there watches r/other, another repository"
+            ),
+            "{}",
+            g.message
+        );
         assert!(
             g.message
                 .contains("waiting for staging-b: no such Image there"),
