@@ -867,7 +867,7 @@ async fn reconcile(image: Arc<Image>, ctx: Arc<ClusterContext>) -> Result<Action
     // A new rollout state here may open (or halt) the gate of the same Image elsewhere: its
     // watch event tells them (see `promotion_news`), and their decisions link to this reconcile.
     if let Some(r) = &report.status.rollout
-        && promotion::newly_failed(stored.rollout.as_ref(), r)
+        && promotion::newly_failed(stored.rollout.as_deref(), r)
     {
         crate::metrics::rollout_failed(&ctx.cluster);
     }
@@ -1381,11 +1381,11 @@ spec:
             None
         );
         let mut rolled = tagged.clone();
-        rolled.status.as_mut().expect("status").rollout = Some(RolloutStatus {
+        rolled.status.as_mut().expect("status").rollout = Some(Box::new(RolloutStatus {
             tag: "1.25.1".into(),
             since: "2026-01-01T00:00:00Z".into(),
             ..Default::default()
-        });
+        }));
         let key = Some(ImageKey::of(&rolled));
         assert_eq!(
             promotion_news(&apply(&rolled), cached(Some(Arc::new(tagged.clone())))),
@@ -1402,10 +1402,10 @@ spec:
             "its health changed"
         );
         let mut promoted = tagged.clone();
-        promoted.spec.promotion = Some(Promotion {
+        promoted.spec.promotion = Some(Box::new(Promotion {
             after: vec![ClusterPattern("dev".into())],
             soak: "1h".into(),
-        });
+        }));
         assert_eq!(
             promotion_news(&apply(&promoted), cached(Some(Arc::new(tagged.clone())))),
             key,

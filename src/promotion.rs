@@ -705,7 +705,7 @@ mod tests {
 
     fn status(r: RolloutStatus) -> Seen {
         Seen::Found(Box::new(ImageStatus {
-            rollout: Some(r),
+            rollout: Some(Box::new(r)),
             ..Default::default()
         }))
     }

@@ -646,9 +646,9 @@ fn rollout_of(
     let tag = tag.filter(|t| !t.is_empty())?;
     // Refused Images do not converge: their rollout is what it was.
     if scope.conflict.is_some() {
-        return previous.rollout.clone();
+        return previous.rollout.as_deref().cloned();
     }
-    let prev = previous.rollout.as_ref();
+    let prev = previous.rollout.as_deref();
     let since = promotion::rollout_since(prev, tag, now);
     let judged = promotion::judge(image.has_apply(), outcomes, since, now);
     Some(promotion::next_rollout(prev, tag, &judged, now))
@@ -670,7 +670,7 @@ async fn report_rollout(
     state: &mut State,
 ) {
     if let Some(r) = rollout
-        && promotion::newly_failed(previous.rollout.as_ref(), r)
+        && promotion::newly_failed(previous.rollout.as_deref(), r)
     {
         warn!(tag = %r.tag, message = %r.message, "rollout failed");
         state.events.push(SyncEvent {
@@ -683,7 +683,7 @@ async fn report_rollout(
         });
         let actual = previous
             .rollout
-            .as_ref()
+            .as_deref()
             .and_then(|p| p.earlier.first())
             .map(|e| e.tag.clone())
             .unwrap_or_default();
@@ -913,7 +913,7 @@ fn compose(image: &Image, previous: &ImageStatus, c: Composed<'_>) -> ImageStatu
         alerts: c.alerts,
         pending_alerts: c.pending_alerts,
         workloads,
-        rollout: c.rollout,
+        rollout: c.rollout.map(Box::new),
         conditions,
     }
 }

@@ -57,8 +57,9 @@ pub struct ImageSpec {
     pub rules: Vec<ImageRule>,
     /// Fleet promotion: a new tag is taken here only once it ran healthy, for `soak`, in every
     /// member cluster that `after` names. Without it the Image updates on its own, as ever.
+    // Boxed: most Images have none, and every cached Image would otherwise carry its size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub promotion: Option<Promotion>,
+    pub promotion: Option<Box<Promotion>>,
 }
 
 /// Where a tag must run healthy, and for how long, before this cluster takes it.
@@ -276,8 +277,9 @@ pub struct ImageStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workloads: Option<WorkloadsStatus>,
     /// How the rollout of `tag` fares here: what later clusters of a promotion read.
+    // Boxed: only promoted Images have one (see `spec.promotion`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rollout: Option<RolloutStatus>,
+    pub rollout: Option<Box<RolloutStatus>>,
     /// Standard conditions: `Ready` (result is Success), `Synced` (the last registry sync ran
     /// every rule and action without failure), `WorkloadsUpToDate` (every opted-in workload of
     /// the repository runs `tag`).
