@@ -725,8 +725,8 @@ async fn report_rollout(
     state.pending.extend(failures);
 }
 
-/// A Warning event when the promotion gate starts halting on a tag that failed elsewhere, and
-/// when `spec.promotion` starts being unusable (not at every reconcile).
+/// A Warning event when the promotion gate starts halting on a tag that failed elsewhere (not at
+/// every reconcile). An unusable `spec.promotion` is a sync failure, with its own event.
 fn promotion_event(
     previous: &ImageStatus,
     gate: Option<&Result<Gate, PromotionError>>,
