@@ -188,6 +188,19 @@ impl Timeline {
         now
     }
 
+    /// A timeline that starts once every member's Deployment runs 1.3.0 (the base tag), healthy.
+    async fn at_base(env: &TestEnv, ns: &str, kimup: &Kimup) -> Self {
+        let mut t = Self::new(env, ns).await;
+        t.until(
+            "every member healthy at 1.3.0",
+            Duration::from_secs(90),
+            kimup,
+            |s| s.iter().all(|s| healthy_at(s, "1.3.0")),
+        )
+        .await;
+        t
+    }
+
     /// Looks every 100 ms until `done` holds for the members' current state.
     async fn until(
         &mut self,
@@ -348,14 +361,7 @@ async fn a_tag_reaches_dev_then_staging_then_prod_and_a_failed_rollout_halts_pro
         port,
         Some(&collector.endpoint),
     );
-    let mut t = Timeline::new(env, &ns).await;
-    t.until(
-        "every member healthy at 1.3.0",
-        Duration::from_secs(90),
-        &kimup,
-        |s| s.iter().all(|s| healthy_at(s, "1.3.0")),
-    )
-    .await;
+    let mut t = Timeline::at_base(env, &ns, &kimup).await;
 
     // 1.4.0: dev at once, staging-a after dev's soak, prod after staging-a's.
     let reg = env.plain_registry();
@@ -631,14 +637,7 @@ async fn a_restart_mid_soak_neither_resets_nor_skips_it() {
     setup(env, &ns, "promo/soak", &format!("{SOAK}s"), None, "@hourly").await;
     let dir = members(env, "restart");
     let first = start(env, &dir, &ns, "kimup-soak-1", free_port().expect("port"));
-    let mut t = Timeline::new(env, &ns).await;
-    t.until(
-        "every member healthy at 1.3.0",
-        Duration::from_secs(90),
-        &first,
-        |s| s.iter().all(|s| healthy_at(s, "1.3.0")),
-    )
-    .await;
+    let mut t = Timeline::at_base(env, &ns, &first).await;
     env.plain_registry()
         .push_tags("promo/soak", &["1.4.0"])
         .await
@@ -805,14 +804,7 @@ async fn a_gate_cluster_down_mid_soak_holds_the_promotion_until_it_is_back() {
     let dir = members(&env, "down");
     let port = free_port().expect("port");
     let kimup = start(&env, &dir, &ns, "kimup-down", port);
-    let mut t = Timeline::new(&env, &ns).await;
-    t.until(
-        "every member healthy at 1.3.0",
-        Duration::from_secs(90),
-        &kimup,
-        |s| s.iter().all(|s| healthy_at(s, "1.3.0")),
-    )
-    .await;
+    let mut t = Timeline::at_base(&env, &ns, &kimup).await;
     env.plain_registry()
         .push_tags("promo/down", &["1.4.0"])
         .await

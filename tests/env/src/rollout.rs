@@ -49,41 +49,41 @@ impl Rollout {
         std::fs::create_dir_all(&dir)?;
         let kubeconfig = cluster.kubeconfig_path.display().to_string();
         let pki = cluster.pki_dir();
+        // What the controller manager and the scheduler share: the cluster's admin identity, no
+        // election (one of each per cluster); each gets a port of its own.
+        let common: Vec<String> = vec![
+            format!("--kubeconfig={kubeconfig}"),
+            format!("--authentication-kubeconfig={kubeconfig}"),
+            format!("--authorization-kubeconfig={kubeconfig}"),
+            "--leader-elect=false".into(),
+            "--bind-address=127.0.0.1".into(),
+            "--v=1".into(),
+        ];
         let controller_manager = Process::spawn(
             &format!("kube-controller-manager-{}", cluster.name),
             &bins.kube_controller_manager,
             &[
-                format!("--kubeconfig={kubeconfig}"),
-                format!("--authentication-kubeconfig={kubeconfig}"),
-                format!("--authorization-kubeconfig={kubeconfig}"),
-                "--leader-elect=false".into(),
-                "--bind-address=127.0.0.1".into(),
-                format!("--secure-port={}", free_port()?),
-                format!(
-                    "--service-account-private-key-file={}",
-                    pki.join("sa-signer.key").display()
-                ),
-                format!("--root-ca-file={}", pki.join("serving-ca.crt").display()),
-                "--use-service-account-credentials=false".into(),
-                // No kubelet heartbeats reach the simulated node: the node lifecycle controller
-                // would taint it and evict every Pod. Certificates are not signed here either.
-                "--controllers=*,-nodelifecycle,-csrsigning,-csrapproving,-csrcleaner".into(),
-                "--v=1".into(),
-            ],
+                common.clone(),
+                vec![
+                    format!("--secure-port={}", free_port()?),
+                    format!(
+                        "--service-account-private-key-file={}",
+                        pki.join("sa-signer.key").display()
+                    ),
+                    format!("--root-ca-file={}", pki.join("serving-ca.crt").display()),
+                    "--use-service-account-credentials=false".into(),
+                    // No kubelet heartbeats reach the simulated node: the node lifecycle controller
+                    // would taint it and evict every Pod. Certificates are not signed here either.
+                    "--controllers=*,-nodelifecycle,-csrsigning,-csrapproving,-csrcleaner".into(),
+                ],
+            ]
+            .concat(),
             log_dir,
         )?;
         let scheduler = Process::spawn(
             &format!("kube-scheduler-{}", cluster.name),
             &bins.kube_scheduler,
-            &[
-                format!("--kubeconfig={kubeconfig}"),
-                format!("--authentication-kubeconfig={kubeconfig}"),
-                format!("--authorization-kubeconfig={kubeconfig}"),
-                "--leader-elect=false".into(),
-                "--bind-address=127.0.0.1".into(),
-                format!("--secure-port={}", free_port()?),
-                "--v=1".into(),
-            ],
+            &[common, vec![format!("--secure-port={}", free_port()?)]].concat(),
             log_dir,
         )?;
         let stages = dir.join("kwok-stages.yaml");
